@@ -106,12 +106,17 @@ class ModelConfig(_Section):
 
 
 class IndexConfig(_Section):
-    """ScaNN index parameters; below `brute_force_below` items an exact search is built."""
+    """ScaNN index parameters; below `brute_force_below` items an exact search is built.
+
+    Export fails when the index's recall@10 against brute force on golden
+    queries is below `min_recall`.
+    """
 
     num_leaves: int | None = Field(None, ge=2)
     num_leaves_to_search: int | None = Field(None, ge=1)
     reorder: int = Field(200, ge=1)
     brute_force_below: int = Field(2000, ge=0)
+    min_recall: float = Field(0.9, ge=0.0, le=1.0)
 
 
 class RetrievalConfig(_Section):

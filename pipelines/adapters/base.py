@@ -1,0 +1,257 @@
+"""The adapter contract: one raw file in, canonical events + catalog + quarantine out.
+
+Where it sits: raw shop files -> **adapters** -> canonical events / item
+catalog (``pipelines/schema.py``) -> ``pipelines/ingest.py`` (dedup, merge,
+reconcile) -> feature tables -> training sets.
+
+An adapter never drops a row. Each data row of the file ends either as one
+event (possibly a duplicate of another; ingest decides) or as one quarantine
+row carrying the reason and the raw values, so that
+``input_rows == len(events) + len(quarantine)`` for every file.
+
+Extension point (STYLE.md section 6): subclass :class:`Adapter`, then pass its
+dotted path (``"my_shop.adapters.MyAdapter"``) wherever an alias is accepted.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from feature_repo import names as n
+from pipelines.schema import conform_quarantine
+
+ON_MALFORMED = ("fail", "quarantine")
+
+
+class MalformedInputError(ValueError):
+    """A raw file that cannot be read as its adapter's format.
+
+    The message names the file, the column and, when it is about one value,
+    the 1-based data row number (header excluded) and the value.
+
+    Attributes:
+        file: the input file.
+        column: the offending column (None for a file-level problem).
+        row: 1-based data row number, or None.
+        value: the raw value that could not be parsed, or None.
+    """
+
+    def __init__(self, file: Path | str, column: str | None, row: int | None = None,
+                 value: object = None, problem: str | None = None):
+        self.file, self.column, self.row, self.value = str(file), column, row, value
+        where = self.file
+        if column is not None:
+            where += f": column {column!r}"
+        if row is not None:
+            where += f", row {row}"
+        if problem is None:
+            problem = f"cannot parse value {value!r}"
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass
+class AdapterOutput:
+    """What an adapter returns for one file.
+
+    Attributes:
+        events: accepted rows in the canonical event schema (duplicates included:
+            ingest counts them).
+        items: catalog rows (canonical item schema) for the items of ``events``.
+        quarantine: rejected rows (quarantine schema), one per input row.
+        input_rows: data rows in the file (header excluded).
+    """
+
+    events: pd.DataFrame
+    items: pd.DataFrame
+    quarantine: pd.DataFrame
+    input_rows: int
+
+
+class Adapter(abc.ABC):
+    """Reads one raw file of a given format.
+
+    Attributes:
+        name: the adapter's alias; written to the events' ``source`` column
+            and mixed into derived event ids.
+    """
+
+    name: str = "adapter"
+
+    @abc.abstractmethod
+    def read(self, path: Path, on_malformed: str) -> AdapterOutput:
+        """Read one file.
+
+        Args:
+            path: the raw file.
+            on_malformed: ``"fail"`` raises at the first value that cannot be
+                parsed; ``"quarantine"`` quarantines such rows with the reason.
+
+        Returns:
+            Events, catalog and quarantine with ``input_rows == len(events) +
+            len(quarantine)``.
+
+        Raises:
+            MalformedInputError: a required column is missing, or (with
+                ``"fail"``) a value cannot be parsed.
+        """
+
+
+ADAPTERS: dict[str, str] = {
+    "online_retail": "pipelines.adapters.online_retail.OnlineRetailAdapter",
+    "retailrocket": "pipelines.adapters.retailrocket.RetailRocketAdapter",
+    "rees46": "pipelines.adapters.rees46.Rees46Adapter",
+    "canonical": "pipelines.adapters.canonical.CanonicalAdapter",
+}
+
+
+def get_adapter(name: str) -> Adapter:
+    """An adapter instance from an alias or a dotted path.
+
+    Args:
+        name: a key of :data:`ADAPTERS` or ``"package.module.Class"``.
+
+    Returns:
+        A new instance of the adapter class.
+
+    Raises:
+        ValueError: the name is neither a known alias nor an importable class.
+        TypeError: the class is not an :class:`Adapter`.
+    """
+    dotted = ADAPTERS.get(name, name)
+    module_name, _, cls_name = dotted.rpartition(".")
+    if not module_name:
+        raise ValueError(f"unknown adapter {name!r}; expected one of {', '.join(ADAPTERS)} or a dotted path")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"adapter {name!r}: cannot import {dotted!r} ({e})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Adapter)):
+        raise TypeError(f"adapter {name!r}: {dotted!r} is not a subclass of Adapter")
+    return cls()
+
+
+# --- helpers shared by the file formats ---------------------------------------------
+
+
+def read_csv_strings(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    """Read a CSV(.gz) with every value kept as the exact string in the file.
+
+    Args:
+        path: the file; compression inferred from the suffix.
+        required: columns that must be present (extra columns are kept).
+
+    Returns:
+        A frame of str values ("" for empty), index 0..n-1 = data row - 1.
+
+    Raises:
+        MalformedInputError: the file is not UTF-8 CSV, a row has the wrong
+            number of fields, or a required column is missing.
+    """
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise MalformedInputError(path, None, problem="empty file (no header row)") from None
+    except pd.errors.ParserError as e:
+        raise MalformedInputError(path, None, problem=f"not a well-formed CSV: {e}") from None
+    except UnicodeDecodeError as e:
+        raise MalformedInputError(path, None, problem=f"not UTF-8 text: {e}") from None
+    require_columns(df, required, path)
+    # short rows come back as NaN even with keep_default_na=False
+    return df.fillna("").reset_index(drop=True)
+
+
+def require_columns(df: pd.DataFrame, required: Sequence[str], path: Path) -> None:
+    """Raise :class:`MalformedInputError` naming the first missing column."""
+    for col in required:
+        if col not in df.columns:
+            raise MalformedInputError(path, col, problem=f"missing required column (found: {', '.join(map(str, df.columns))})")
+
+
+def event_ids(raw: pd.DataFrame, columns: Sequence[str], adapter: str) -> pd.Series:
+    """Deterministic event ids from the raw values of each row.
+
+    sha1 of the adapter name and the row's values of ``columns`` joined by
+    the unit separator (``\\x1f``), first 16 hex digits (64 bits). Identical raw
+    rows get the same id, which is how ingest recognises duplicates, also
+    across runs and across files.
+
+    Args:
+        raw: the string frame.
+        columns: the format's own columns, in a fixed order (extra columns a
+            sampler added must not change the id).
+        adapter: adapter name.
+
+    Returns:
+        A str Series aligned with ``raw``.
+    """
+    joined = pd.Series(adapter, index=raw.index).str.cat([raw[c].astype(str) for c in columns], sep="\x1f")
+    return pd.Series([hashlib.sha1(s.encode("utf-8")).hexdigest()[:16] for s in joined], index=raw.index, dtype="string")
+
+
+class Triage:
+    """Gives each raw row at most one quarantine reason; the first rule that fires wins.
+
+    Args:
+        raw: the raw frame (index 0..n-1).
+        path: the input file (its name is stored in the quarantine).
+        on_malformed: ``"fail"`` or ``"quarantine"``.
+
+    Raises:
+        ValueError: ``on_malformed`` is not one of :data:`ON_MALFORMED`.
+    """
+
+    def __init__(self, raw: pd.DataFrame, path: Path, on_malformed: str):
+        if on_malformed not in ON_MALFORMED:
+            raise ValueError(f"on_malformed must be one of {ON_MALFORMED}, got {on_malformed!r}")
+        self.raw, self.path, self.on_malformed = raw, Path(path), on_malformed
+        self.reason = pd.Series(None, index=raw.index, dtype="object")
+        self._first_bad: tuple[int, str] | None = None
+
+    @property
+    def ok(self) -> pd.Series:
+        """Mask of rows without a reason so far."""
+        return self.reason.isna()
+
+    def malformed(self, column: str, bad: pd.Series) -> None:
+        """Mark rows whose ``column`` value cannot be parsed."""
+        bad = bad & self.ok
+        if bad.any():
+            first = int(bad.idxmax())
+            if self._first_bad is None or first < self._first_bad[0]:
+                self._first_bad = (first, column)
+        self.flag(bad, f"malformed {column}")
+
+    def raise_if_failing(self) -> None:
+        """With ``on_malformed="fail"``, raise for the earliest malformed row.
+
+        Raises:
+            MalformedInputError: naming file, column, 1-based row and value.
+        """
+        if self.on_malformed == "fail" and self._first_bad is not None:
+            idx, col = self._first_bad
+            raise MalformedInputError(self.path, col, idx + 1, self.raw.at[idx, col])
+
+    def flag(self, mask: pd.Series, reason: str | pd.Series) -> None:
+        """Quarantine rows of ``mask`` not yet quarantined, with ``reason`` (a str or per-row Series)."""
+        mask = mask & self.ok
+        if mask.any():
+            self.reason[mask] = reason[mask] if isinstance(reason, pd.Series) else reason
+
+    def quarantine(self) -> pd.DataFrame:
+        """The quarantine frame: file name, 1-based row, reason, raw row as JSON."""
+        rows = self.raw[~self.ok]
+        cols = [str(c) for c in rows.columns]
+        raw_json = [json.dumps(dict(zip(cols, vals)), ensure_ascii=False, default=str) for vals in rows.itertuples(index=False)]
+        return conform_quarantine(pd.DataFrame({
+            n.SOURCE_FILE: self.path.name,
+            n.SOURCE_ROW: rows.index.to_numpy() + 1,
+            n.REASON: self.reason[~self.ok].astype(str).to_numpy(),
+            n.RAW: raw_json,
+        }))

@@ -1,0 +1,125 @@
+"""Point-in-time training set: labelled events joined with the features they could have seen.
+
+Where it sits: build_features (Feast repo) -> **build_dataset** ->
+validate_dataset (Great Expectations) -> train_retrieval.
+
+Entity rows are the events that carry a label weight in `objective`
+(purchases 1.0, add-to-cart secondary, clicks and views down-weighted),
+up to the end of `evaluation.split_date`; the last `recency.window_days`
+before that cut-off weigh `recency.multiplier` times more. Features come from
+Feast's `get_historical_features` (DuckDB offline store), so each row sees
+only snapshots stamped at or before its own timestamp.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from cartwise.config import CartwiseConfig
+from feature_repo import definitions
+from feature_repo import names as n
+from pipelines.build_features import open_store
+from pipelines.layout import Layout
+from pipelines.manifest import write_json, write_manifest
+from pipelines.progress import Log, default_log, step
+
+STAGE = "dataset"
+GUEST_USER = "__guest__"
+
+#: Feature views joined into the training set and the fill value of a row
+#: that has no snapshot yet (a user's first purchase has no history: 0 is exact).
+JOINED_VIEWS = (definitions.user_purchase_stats, definitions.item_purchase_stats, definitions.item_content)
+FILL_VALUES = {**{f: 0 for f in n.USER_FEATURES}, **{f: 0 for f in n.ITEM_FEATURES},
+               n.CATEGORY: "unknown", n.PRICE: 0.0}
+
+
+def train_cutoff(config: CartwiseConfig) -> pd.Timestamp:
+    """First instant after the training window (midnight after `split_date`, UTC)."""
+    return pd.Timestamp(config.evaluation.split_date, tz="UTC") + pd.Timedelta(days=1)
+
+
+def feature_refs() -> list[str]:
+    """`view:feature` references of every joined feature, in a fixed order."""
+    return [f"{v.name}:{f.name}" for v in JOINED_VIEWS for f in v.schema]
+
+
+def training_entities(events: pd.DataFrame, config: CartwiseConfig, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Labelled entity rows with sample weights.
+
+    Args:
+        events: canonical event log.
+        config: objective and data sections are read.
+        cutoff: rows at or after it are excluded (they belong to the test window).
+
+    Returns:
+        event_id, user_id, item_id, event_type, event_timestamp, weight.
+    """
+    obj = config.objective
+    weights = events[n.EVENT_TYPE].map(obj.event_weights).fillna(0.0).astype("float64")
+    keep = (weights > 0) & (events[n.EVENT_TIMESTAMP] < cutoff)
+    df = events.loc[keep, [n.EVENT_ID, n.USER_ID, n.ITEM_ID, n.EVENT_TYPE, n.EVENT_TIMESTAMP]].copy()
+    df[n.WEIGHT] = weights[keep]
+    if config.data.include_guests_in_training:
+        df[n.USER_ID] = df[n.USER_ID].fillna(GUEST_USER)
+    else:
+        df = df[df[n.USER_ID].notna()]
+    recent = df[n.EVENT_TIMESTAMP] >= cutoff - pd.Timedelta(days=obj.recency.window_days)
+    df.loc[recent, n.WEIGHT] *= obj.recency.multiplier
+    for c in (n.EVENT_ID, n.USER_ID, n.ITEM_ID, n.EVENT_TYPE):
+        df[c] = df[c].astype(object)
+    return df.sort_values([n.EVENT_TIMESTAMP, n.EVENT_ID]).reset_index(drop=True)
+
+
+def join_point_in_time(store, entity_df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Join every feature of JOINED_VIEWS as of each row's timestamp.
+
+    Returns:
+        The joined frame (same rows, same order as `entity_df`) and the number
+        of filled missing values per feature.
+
+    Raises:
+        RuntimeError: Feast returned a different set of rows than it was given.
+    """
+    out = store.get_historical_features(entity_df=entity_df, features=feature_refs()).to_df()
+    if len(out) != len(entity_df) or set(out[n.EVENT_ID]) != set(entity_df[n.EVENT_ID]):
+        raise RuntimeError(f"point-in-time join returned {len(out)} rows for {len(entity_df)} entity rows")
+    out = out.set_index(n.EVENT_ID).loc[entity_df[n.EVENT_ID]].reset_index()
+    fills = {}
+    for col, value in FILL_VALUES.items():
+        fills[col] = int(out[col].isna().sum())
+        out[col] = out[col].fillna(value)
+    for col in (*n.USER_FEATURES, *n.ITEM_FEATURES):
+        out[col] = out[col].astype("int64" if col.endswith(("_count", "_items", "_active")) else "float64")
+    out[n.PRICE] = out[n.PRICE].astype("float64")
+    return out, fills
+
+
+def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
+    """Build `<work_dir>/dataset/train.parquet` and its manifest."""
+    layout = Layout(config.work_dir)
+    events = pd.read_parquet(layout.ingest / "events.parquet")
+    cutoff = train_cutoff(config)
+    entities = training_entities(events, config, cutoff)
+    if entities.empty:
+        raise ValueError(f"no labelled events before {cutoff:%Y-%m-%d}: check evaluation.split_date and objective.event_weights")
+    store = open_store(layout.feature_store)
+    with step(STAGE, f"point-in-time join of {len(entities):,} entity rows (get_historical_features)", log) as s:
+        train, fills = join_point_in_time(store, entities)
+        s["result"] = f"{len(train):,} rows, {train.shape[1]} columns"
+    layout.dataset.mkdir(parents=True, exist_ok=True)
+    train.to_parquet(layout.dataset / "train.parquet", index=False)
+    summary = {
+        "rows": len(train),
+        "users": int(train[n.USER_ID].nunique()),
+        "items": int(train[n.ITEM_ID].nunique()),
+        "cutoff": cutoff.isoformat(),
+        "by_event_type": {k: int(v) for k, v in train[n.EVENT_TYPE].value_counts().items()},
+        "filled_missing": fills,
+        "features": feature_refs(),
+    }
+    write_json(layout.dataset / "dataset_summary.json", summary)
+    write_manifest(layout.dataset, STAGE, {"events": str(layout.ingest / "events.parquet"),
+                                           "feature_store": str(layout.feature_store)},
+                   {"objective": config.objective.model_dump(mode="json"),
+                    "data": config.data.model_dump(mode="json"),
+                    "split_date": str(config.evaluation.split_date)}, summary)
+    return summary

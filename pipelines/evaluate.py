@@ -1,0 +1,183 @@
+"""Offline evaluation on held-out purchases, with baselines computed in the same run.
+
+Where it sits: train_retrieval (towers) -> **evaluate** -> export (metrics go
+into the bundle). Also `cartwise evaluate --test-events FILE`, which scores
+the exported bundle on a raw file from a later period.
+
+Protocol: purchases only (ingest has already dropped cancellations,
+non-product codes, quantity <= 0 and unit price <= 0, and upper-cased ids);
+time split at the end of `evaluation.split_date`; test users are customers
+with at least one purchase in the test window and one before it; relevant =
+distinct items the user bought in the test window; binary-gain NDCG.
+"new_to_user" removes the items a user bought before the split from both the
+ranking and the relevant set (users left with nothing relevant drop out).
+
+Baselines: `popularity` (most purchased items in the last
+`evaluation.popularity_days` before the split, guests included) and `repeat`
+(the user's own past items ranked by purchases x 0.5^(days since last / 30),
+then filled with popularity).
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cartwise.bundle import CANDIDATE_TOWER, QUERY_TOWER, load_tower
+from cartwise.config import CartwiseConfig
+from feature_repo import names as n
+from pipelines.build_dataset import train_cutoff
+from pipelines.build_features import open_store
+from pipelines.build_index import build_searcher
+from pipelines.feature_frames import item_features_as_of, user_features_as_of
+from pipelines.layout import Layout
+from pipelines.manifest import write_json, write_manifest
+from pipelines.metrics import evaluate_lists
+from pipelines.progress import Log, default_log, step
+from pipelines.train_retrieval import CANDIDATE_FLOATS, CANDIDATE_STRINGS, QUERY_FLOATS, QUERY_STRINGS, tensors
+
+STAGE = "evaluate"
+REPEAT_HALF_LIFE_DAYS = 30.0
+
+
+def purchase_history(purchases: pd.DataFrame) -> pd.DataFrame:
+    """Per (user, item): number of purchase lines and the last purchase time (customers only)."""
+    p = purchases[purchases[n.USER_ID].notna()]
+    h = (p.groupby([n.USER_ID, n.ITEM_ID])[n.EVENT_TIMESTAMP].agg(["size", "max"]).reset_index()
+         .rename(columns={"size": "purchases", "max": "last_purchase"}))
+    h[n.USER_ID] = h[n.USER_ID].astype(str)
+    h[n.ITEM_ID] = h[n.ITEM_ID].astype(str)
+    return h
+
+
+def popular_items(purchases: pd.DataFrame, before: pd.Timestamp, days: int) -> list[str]:
+    """Items by number of purchase lines in the `days` before `before` (ties by id)."""
+    recent = purchases[(purchases[n.EVENT_TIMESTAMP] < before)
+                       & (purchases[n.EVENT_TIMESTAMP] >= before - pd.Timedelta(days=days))]
+    counts = recent.groupby(n.ITEM_ID).size().reset_index(name="c")
+    counts[n.ITEM_ID] = counts[n.ITEM_ID].astype(str)
+    return counts.sort_values(["c", n.ITEM_ID], ascending=[False, True])[n.ITEM_ID].tolist()
+
+
+def repeat_lists(history: pd.DataFrame, users: Sequence[str], as_of: pd.Timestamp,
+                 popular: Sequence[str], length: int) -> dict[str, list[str]]:
+    """Repeat-purchase baseline: own items by recency-weighted purchases, then popularity."""
+    h = history[history[n.USER_ID].isin(set(users))].copy()
+    age = (as_of - pd.to_datetime(h["last_purchase"], utc=True)).dt.total_seconds() / 86400.0
+    h["score"] = h["purchases"] * np.power(0.5, age.clip(lower=0) / REPEAT_HALF_LIFE_DAYS)
+    h = h.sort_values([n.USER_ID, "score", n.ITEM_ID], ascending=[True, False, True])
+    own = h.groupby(n.USER_ID)[n.ITEM_ID].apply(list).to_dict()
+    out = {}
+    for u in users:
+        items = own.get(u, [])
+        seen = set(items)
+        out[u] = items + [i for i in popular[: length + len(items)] if i not in seen]
+    return out
+
+
+def model_lists(embed_query: Callable, searcher, item_ids: np.ndarray, user_frame: pd.DataFrame,
+                length: int) -> dict[str, list[str]]:
+    """Top-`length` items per user from the query tower and the ScaNN index."""
+    if user_frame.empty:
+        return {}
+    q = embed_query(tensors(user_frame, QUERY_STRINGS, QUERY_FLOATS))
+    idx, _ = searcher.search_batched(np.ascontiguousarray(q, dtype=np.float32),
+                                     final_num_neighbors=min(length, len(item_ids)))
+    users = user_frame[n.USER_ID].astype(str).tolist()
+    return {u: item_ids[row].tolist() for u, row in zip(users, idx)}
+
+
+def score_lists(lists_by_method: Mapping[str, Mapping[str, list[str]]], relevant: Mapping[str, set[str]],
+                history_sets: Mapping[str, set[str]], ks: Sequence[int], catalog: set[str]) -> dict:
+    """Metrics for every method in both variants (all items, new to user)."""
+    new_relevant = {u: rel - history_sets.get(u, set()) for u, rel in relevant.items()}
+    out: dict = {"all_items": {}, "new_to_user": {}}
+    for method, lists in lists_by_method.items():
+        out["all_items"][method] = evaluate_lists(lists, relevant, ks, catalog)
+        pruned = {u: [i for i in lst if i not in history_sets.get(u, set())] for u, lst in lists.items()}
+        out["new_to_user"][method] = evaluate_lists(pruned, new_relevant, ks, catalog)
+    return out
+
+
+def format_table(metrics: dict, ks: Sequence[int]) -> str:
+    """The metrics as a fixed-width text table (rows: variant x method)."""
+    cols = [f"{m}@{k}" for k in ks for m in ("ndcg", "hit_rate", "recall", "coverage")]
+    lines = [f"{'variant':<12} {'method':<11} {'users':>6} " + " ".join(f"{c:>12}" for c in cols)]
+    for variant in ("all_items", "new_to_user"):
+        for method, m in metrics[variant].items():
+            lines.append(f"{variant:<12} {method:<11} {int(m['users']):>6} "
+                         + " ".join(f"{m[c]:>12.4f}" for c in cols))
+    return "\n".join(lines)
+
+
+def split_purchases(events: pd.DataFrame, cutoff: pd.Timestamp, test_end: pd.Timestamp | None):
+    p = events[events[n.EVENT_TYPE] == n.PURCHASE]
+    train = p[p[n.EVENT_TIMESTAMP] < cutoff]
+    test = p[p[n.EVENT_TIMESTAMP] >= cutoff]
+    if test_end is not None:
+        test = test[test[n.EVENT_TIMESTAMP] < test_end]
+    return train, test
+
+
+def test_targets(history: pd.DataFrame, test: pd.DataFrame) -> tuple[list[str], dict[str, set[str]], dict[str, set[str]]]:
+    """Warm test users, their relevant items and their training items."""
+    t = test[test[n.USER_ID].notna()]
+    relevant = {str(u): set(g[n.ITEM_ID].astype(str)) for u, g in t.groupby(n.USER_ID)}
+    hist_sets = {u: set(g[n.ITEM_ID]) for u, g in history.groupby(n.USER_ID)}
+    users = sorted(u for u in relevant if u in hist_sets)
+    return users, {u: relevant[u] for u in users}, {u: hist_sets[u] for u in users}
+
+
+def evaluate_all(*, history: pd.DataFrame, test: pd.DataFrame, popular: list[str], catalog: set[str],
+                 embed_query: Callable, searcher, item_ids: np.ndarray, user_features: Callable[[list[str]], pd.DataFrame],
+                 as_of: pd.Timestamp, ks: Sequence[int], log: Log) -> dict:
+    """Model and baselines on one split; `user_features(users)` gives the query-tower inputs."""
+    users, relevant, hist_sets = test_targets(history, test)
+    max_k = max(ks)
+    length = max_k + max((len(s) for s in hist_sets.values()), default=0)
+    with step(STAGE, f"model and baselines for {len(users):,} warm test users", log):
+        lists = {
+            "model": model_lists(embed_query, searcher, item_ids, user_features(users), length),
+            "popularity": {u: popular[:length] for u in users},
+            "repeat": repeat_lists(history, users, as_of, popular, length),
+        }
+        metrics = score_lists(lists, relevant, hist_sets, ks, catalog)
+    metrics["test_users"] = len(users)
+    metrics["test_purchases"] = int(len(test))
+    metrics["catalog_items"] = len(catalog)
+    return metrics
+
+
+def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
+    """Evaluate the trained towers on the configured time split; write `<work_dir>/evaluation/metrics.json`."""
+    layout = Layout(config.work_dir)
+    ev = config.evaluation
+    events = pd.read_parquet(layout.ingest / "events.parquet")
+    items = pd.read_parquet(layout.ingest / "items.parquet")
+    cutoff = train_cutoff(config)
+    test_end = pd.Timestamp(ev.test_end, tz="UTC") + pd.Timedelta(days=1) if ev.test_end else None
+    train_p, test_p = split_purchases(events, cutoff, test_end)
+    if test_p.empty:
+        raise ValueError(f"no purchases after {cutoff:%Y-%m-%d}: the test window is empty; move evaluation.split_date")
+    history = purchase_history(train_p)
+    store = open_store(layout.feature_store)
+    known = items[items[n.FIRST_SEEN] < cutoff][n.ITEM_ID].astype(str).tolist()
+    with step(STAGE, f"embed {len(known):,} items known at the cut-off and build the index", log):
+        item_frame = item_features_as_of(store, known, cutoff)
+        embed_items = load_tower(layout.model / CANDIDATE_TOWER)
+        emb = embed_items(tensors(item_frame, CANDIDATE_STRINGS, CANDIDATE_FLOATS))
+        searcher, params = build_searcher(emb, config.retrieval.index)
+    metrics = evaluate_all(
+        history=history, test=test_p, popular=popular_items(train_p, cutoff, ev.popularity_days),
+        catalog=set(train_p[n.ITEM_ID].astype(str)), embed_query=load_tower(layout.model / QUERY_TOWER),
+        searcher=searcher, item_ids=np.asarray(known, dtype=object),
+        user_features=lambda users: user_features_as_of(store, users, cutoff),
+        as_of=cutoff, ks=ev.k, log=log)
+    metrics["split"] = {"train_end": str(ev.split_date), "cutoff": cutoff.isoformat(),
+                        "test_end": str(ev.test_end) if ev.test_end else None}
+    metrics["index"] = params
+    write_json(layout.evaluation / "metrics.json", metrics)
+    write_manifest(layout.evaluation, STAGE, {"model": str(layout.model)}, ev, {"metrics": "metrics.json"})
+    log(format_table(metrics, ev.k))
+    return metrics
