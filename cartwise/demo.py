@@ -9,12 +9,9 @@ and prints it, and stops the server.
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 
 import httpx
-import uvicorn
 
 from cartwise.bundle import current_bundle
 from cartwise.config import CartwiseConfig
@@ -22,6 +19,7 @@ from pipelines import build_dataset, build_features, evaluate, export, ingest, t
 from pipelines.progress import default_log
 from serving.app import create_app
 from serving.pipeline import Recommender
+from serving.server import BackgroundServer
 
 STAGES = (
     ("ingest", ingest.run),
@@ -32,38 +30,6 @@ STAGES = (
     ("evaluate", evaluate.run),
     ("export", export.run),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class BackgroundServer:
-    """uvicorn serving an app on a loopback port in a thread, for the demo and tests."""
-
-    def __init__(self, app, host: str = "127.0.0.1", port: int | None = None):
-        self.host, self.port = host, port or free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def __enter__(self) -> "BackgroundServer":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError(f"server did not start on {self.url}")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def sample_user(recommender: Recommender) -> str:

@@ -1,0 +1,51 @@
+"""Running the HTTP app: in the foreground (`cartwise serve`) or in a background thread.
+
+Where it sits: the outermost serving layer, around `serving.app.create_app`.
+The background form serves the demo and the tests over a real loopback socket.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import uvicorn
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BackgroundServer:
+    """uvicorn serving an app on a loopback port in a thread (the demo, tests, benchmarks).
+
+    Args:
+        app: an ASGI app.
+        host: bind address.
+        port: port, or None for a free one.
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int | None = None):
+        self.host, self.port = host, port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> "BackgroundServer":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"server did not start on {self.url}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny synthetic shop run through every real stage once per session."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from cartwise.config import parse_config  # noqa: E402
+from tests.synthetic import make_shop, write_ingest  # noqa: E402
+
+SMALL = {
+    "data": {"work_dir": "work"},
+    "evaluation": {"split_date": "2011-04-10", "k": [5, 10]},
+    "validation": {"min_rows": 100},
+    "model": {"epochs": 5, "batch_size": 128, "embedding_size": 8, "learning_rate": 0.1, "seed": 7},
+}
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="session")
+def trained_shop(tmp_path_factory):
+    """Config and stage results of the synthetic shop after every pipeline stage up to export."""
+    from pipelines import build_dataset, build_features, evaluate, export, train_retrieval, validate_dataset
+
+    base = tmp_path_factory.mktemp("shop")
+    cfg = parse_config(SMALL, base_dir=base)
+    events, items = make_shop()
+    write_ingest(cfg.work_dir, events, items)
+    results = {}
+    for name, mod in (("features", build_features), ("dataset", build_dataset), ("validate", validate_dataset),
+                      ("train", train_retrieval), ("evaluate", evaluate), ("export", export)):
+        results[name] = mod.run(cfg, log=quiet)
+    return cfg, events, items, results

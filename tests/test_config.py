@@ -1,0 +1,58 @@
+"""cartwise.yaml parsing: defaults, the shipped example, and errors that name file, key path and reason."""
+from pathlib import Path
+
+import pytest
+
+from cartwise.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_documented_objective():
+    cfg = parse_config({})
+    assert cfg.objective.label == "purchase"
+    assert cfg.objective.event_weights["purchase"] == 1.0
+    assert cfg.objective.event_weights["click"] < cfg.objective.event_weights["add_to_cart"] < 1.0
+    assert cfg.objective.recency.window_days == 7 and 3.0 <= cfg.objective.recency.multiplier <= 5.0
+
+
+def test_shipped_example_parses_and_resolves_paths():
+    cfg = load_config(ROOT / "cartwise.yaml")
+    assert cfg.data.adapter == "online_retail"
+    assert cfg.resolve(cfg.data.paths[0]).is_file()
+    assert cfg.work_dir == ROOT / "build"
+    assert cfg.evaluation.k == [10, 50]
+
+
+def test_unknown_key_names_file_and_key_path(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("objective:\n  recency:\n    windw_days: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(p) in str(e.value) and "objective.recency.windw_days" in str(e.value) and "unknown key" in str(e.value)
+
+
+@pytest.mark.parametrize("doc, path, reason", [
+    ({"model": {"epochs": 0}}, "model.epochs", "greater than or equal to 1"),
+    ({"objective": {"event_weights": {"like": 1.0}}}, "objective.event_weights", "unknown event type 'like'"),
+    ({"data": {"adapter": "csv"}}, "data.adapter", "online_retail"),
+    ({"evaluation": {"split_date": "2011-09-31"}}, "evaluation.split_date", "date"),
+    ({"evaluation": {"k": [10, 0]}}, "evaluation.k", "positive"),
+    ({"evaluation": {"split_date": "2011-07-31", "test_end": "2011-07-01"}}, "evaluation", "test_end"),
+])
+def test_bad_values_name_the_key_and_reason(doc, path, reason):
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, source="x.yaml")
+    msg = str(e.value)
+    assert msg.startswith("x.yaml: ") and path in msg and reason in msg
+
+
+def test_not_a_mapping_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        parse_config([1, 2], source="y.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

@@ -1,0 +1,156 @@
+"""The whole path on a tiny synthetic shop with real parts: Feast (DuckDB + SQLite),
+Great Expectations, TFRS, ScaNN, an exported bundle, and a real HTTP server.
+
+The shop's users each prefer one of four categories (tests/synthetic.py), so
+a model that learned anything ranks the preferred category first; popularity
+cannot, since it gives every user the same list.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from cartwise import batch
+from cartwise.bundle import BundleError, current_bundle, load_bundle, verify
+from feature_repo import names as n
+from serving.app import create_app
+from serving.pipeline import COLD_ANONYMOUS, COLD_UNKNOWN, Recommender
+from serving.server import BackgroundServer
+
+pytestmark = pytest.mark.integration
+
+
+def test_training_set_is_point_in_time_and_complete(trained_shop):
+    cfg, events, _, results = trained_shop
+    train = pd.read_parquet(cfg.work_dir / "dataset" / "train.parquet")
+    cutoff = pd.Timestamp(results["dataset"]["cutoff"])
+    expected = events[(events[n.EVENT_TYPE] == "purchase") & events[n.USER_ID].notna()
+                      & (events[n.EVENT_TIMESTAMP] < cutoff)]
+    assert sorted(train[n.EVENT_ID]) == sorted(expected[n.EVENT_ID])  # no row dropped, none added
+    # recency: rows in the last 7 days before the cut-off weigh 4x the others
+    recent = train[n.EVENT_TIMESTAMP] >= cutoff - pd.Timedelta(days=7)
+    assert set(train.loc[recent, n.WEIGHT]) == {4.0} and set(train.loc[~recent, n.WEIGHT]) == {1.0}
+    assert results["validate"]["success"] and results["validate"]["expectations"] > 20
+
+
+def test_model_beats_popularity_and_metrics_are_reported(trained_shop):
+    _, _, _, results = trained_shop
+    m = results["evaluate"]
+    for variant in ("all_items", "new_to_user"):
+        assert set(m[variant]) == {"model", "popularity", "repeat"}
+        assert m[variant]["model"]["ndcg@10"] > m[variant]["popularity"]["ndcg@10"] + 0.1
+    assert m["test_users"] > 30
+
+
+def test_bundle_is_complete_and_tamper_is_refused(trained_shop, tmp_path):
+    cfg, _, items, results = trained_shop
+    root = current_bundle(cfg.work_dir / "bundles")
+    manifest = verify(root)
+    assert manifest["version"] == results["export"]["version"] == root.name
+    assert manifest["index"]["items"] == len(items)
+    assert manifest["index"]["recall_at_10_vs_brute_force"] >= cfg.retrieval.index.min_recall
+    copy = tmp_path / root.name
+    shutil.copytree(root, copy)
+    target = copy / "item_embeddings.npy"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0x01
+    target.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="item_embeddings.npy does not match"):
+        load_bundle(copy)
+
+
+def test_saved_towers_and_index_give_identical_scores_after_reload(trained_shop):
+    cfg, _, _, _ = trained_shop
+    root = current_bundle(cfg.work_dir / "bundles")
+    a = Recommender.from_bundle_dir(root).recommend("U002", 10)
+    b = Recommender.from_bundle_dir(root).recommend("U002", 10)
+    assert [(r.item_id, r.score) for r in a.items] == [(r.item_id, r.score) for r in b.items]
+
+
+def test_known_user_gets_their_category_and_unknown_users_cold_start(trained_shop):
+    cfg, _, items, _ = trained_shop
+    rec = Recommender.from_bundle_dir(current_bundle(cfg.work_dir / "bundles"))
+    cat = items.set_index(n.ITEM_ID)[n.CATEGORY]
+    hits = []
+    for u in range(12):
+        r = rec.recommend(f"U{u:03d}", 5)
+        assert not r.flags and all(x.source == "two_tower" for x in r.items)
+        hits.append(np.mean([cat[x.item_id] == f"cat{u % 4}" for x in r.items]))
+    assert np.mean(hits) > 0.6  # chance is 0.25
+    assert rec.recommend("never-seen", 3).flags == [COLD_UNKNOWN]
+    anon = rec.recommend(None, 3)
+    assert anon.flags == [COLD_ANONYMOUS] and [x.source for x in anon.items] == ["popularity"] * 3
+
+
+def test_exclusions_are_respected(trained_shop):
+    cfg, events, _, _ = trained_shop
+    rec = Recommender.from_bundle_dir(current_bundle(cfg.work_dir / "bundles"))
+    bought = set(events[(events[n.USER_ID] == "U005") & (events[n.EVENT_TYPE] == "purchase")][n.ITEM_ID])
+    first = rec.recommend("U005", 5)
+    excluded = [first.items[0].item_id]
+    again = rec.recommend("U005", 5, exclude=excluded)
+    assert excluded[0] not in {x.item_id for x in again.items}
+    fresh = rec.recommend("U005", 5, exclude_purchased=True)
+    assert not bought & {x.item_id for x in fresh.items} and len(fresh.items) == 5
+
+
+def test_http_server_answers_over_a_real_socket(trained_shop):
+    cfg, _, _, results = trained_shop
+    rec = Recommender.from_bundle_dir(current_bundle(cfg.work_dir / "bundles"))
+    with BackgroundServer(create_app(rec, max_k=20)) as srv:
+        r = httpx.post(f"{srv.url}/v1/recommend", json={"user_id": "U003", "k": 4})
+        assert r.status_code == 200
+        body = r.json()
+        assert body["bundle_version"] == results["export"]["version"]
+        assert len(body["items"]) == 4 and all(i["source"] == "two_tower" for i in body["items"])
+        assert httpx.get(f"{srv.url}/health/live").json() == {"status": "ok"}
+        assert httpx.get(f"{srv.url}/health/ready").json()["online_store"] == "ok"
+        for bad, field in (({"user_id": "U003", "k": 0}, "k"), ({"user_id": "U003", "k": 21}, "k"),
+                           ({"user_id": "U003", "colour": "red"}, "colour"), ({"user_id": ""}, "user_id"),
+                           ({"user_id": "U003", "k": "ten"}, "k"), ({"exclude": "I001"}, "exclude")):
+            r = httpx.post(f"{srv.url}/v1/recommend", json=bad)
+            assert r.status_code == 422, bad
+            assert any(field in d["loc"] for d in r.json()["detail"]), r.json()
+        r = httpx.post(f"{srv.url}/v1/recommend", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 422
+
+
+def test_batch_recommend_flags_unknown_users(trained_shop, tmp_path):
+    cfg, events, _, _ = trained_shop
+    users = tmp_path / "users.csv"
+    users.write_text("user_id\nU001\nU002\nghost\n")
+    out = tmp_path / "recs.parquet"
+    df = batch.run(cfg, users, out, k=3, exclude_purchased=True)
+    assert pd.read_parquet(out).equals(df)
+    assert list(df.groupby("user_id").size()) == [3, 3, 3]
+    assert df.groupby("user_id")["rank"].apply(list).tolist() == [[1, 2, 3]] * 3
+    assert df.set_index("user_id").loc["ghost", "cold_start"].all()
+    assert not df.set_index("user_id").loc[["U001", "U002"], "cold_start"].any()
+    bought = events[(events[n.USER_ID] == "U001") & (events[n.EVENT_TYPE] == "purchase")][n.ITEM_ID]
+    assert not set(df[df.user_id == "U001"].item_id) & set(bought)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("customer\n1\n")
+    with pytest.raises(ValueError, match="column 'user_id' is missing"):
+        batch.run(cfg, bad, tmp_path / "x.csv", k=3)
+
+
+def test_export_refused_without_passing_validation(trained_shop, tmp_path):
+    from pipelines import export
+    from pipelines.export import ExportRefused
+
+    cfg, _, _, _ = trained_shop
+    verdict = cfg.work_dir / "dataset" / "validation.json"
+    saved = verdict.read_text()
+    try:
+        verdict.write_text(json.dumps({**json.loads(saved), "success": False}))
+        before = sorted(p.name for p in (cfg.work_dir / "bundles").iterdir())
+        with pytest.raises(ExportRefused, match="no passing validation verdict"):
+            export.run(cfg, log=lambda m: None)
+        assert sorted(p.name for p in (cfg.work_dir / "bundles").iterdir()) == before
+    finally:
+        verdict.write_text(saved)
