@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 DEFAULT_CONFIG = "cartwise.yaml"
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # ibis (under Feast's DuckDB store) calls a duckdb API deprecated in duckdb 2.0; noise, not news.
+    warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
     from cartwise.bundle import BundleError
     from cartwise.config import ConfigError
 

@@ -52,7 +52,7 @@ class MalformedInputError(ValueError):
         if row is not None:
             where += f", row {row}"
         if problem is None:
-            problem = f"cannot parse value {value!r}"
+            problem = "empty value" if value == "" else f"cannot parse value {value!r}"
         super().__init__(f"{where}: {problem}")
 
 
@@ -155,7 +155,8 @@ def read_csv_strings(path: Path, required: Sequence[str]) -> pd.DataFrame:
             number of fields, or a required column is missing.
     """
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        # blank lines are kept (and quarantined by Triage) so row numbers stay line numbers - 1
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise MalformedInputError(path, None, problem="empty file (no header row)") from None
     except pd.errors.ParserError as e:
@@ -171,7 +172,13 @@ def require_columns(df: pd.DataFrame, required: Sequence[str], path: Path) -> No
     """Raise :class:`MalformedInputError` naming the first missing column."""
     for col in required:
         if col not in df.columns:
-            raise MalformedInputError(path, col, problem=f"missing required column (found: {', '.join(map(str, df.columns))})")
+            found = ", ".join(map(str, df.columns))
+            raise MalformedInputError(path, col, problem=f"missing required column (found: {found})")
+
+
+def blank_to_null(values: pd.Series) -> pd.Series:
+    """Empty strings as nulls (a text field left blank means unknown)."""
+    return values.mask(values.eq(""))
 
 
 def event_ids(raw: pd.DataFrame, columns: Sequence[str], adapter: str) -> pd.Series:
@@ -191,8 +198,9 @@ def event_ids(raw: pd.DataFrame, columns: Sequence[str], adapter: str) -> pd.Ser
     Returns:
         A str Series aligned with ``raw``.
     """
-    joined = pd.Series(adapter, index=raw.index).str.cat([raw[c].astype(str) for c in columns], sep="\x1f")
-    return pd.Series([hashlib.sha1(s.encode("utf-8")).hexdigest()[:16] for s in joined], index=raw.index, dtype="string")
+    values = zip(*(raw[c].astype(str).tolist() for c in columns))
+    ids = [hashlib.sha1("\x1f".join((adapter, *row)).encode("utf-8")).hexdigest()[:16] for row in values]
+    return pd.Series(ids, index=raw.index, dtype="string")
 
 
 class Triage:
@@ -213,6 +221,8 @@ class Triage:
         self.raw, self.path, self.on_malformed = raw, Path(path), on_malformed
         self.reason = pd.Series(None, index=raw.index, dtype="object")
         self._first_bad: tuple[int, str] | None = None
+        # an empty line holds no value to parse: recorded, but never a reason to stop
+        self.flag(raw.astype(str).eq("").all(axis=1), "blank line")
 
     @property
     def ok(self) -> pd.Series:
@@ -248,7 +258,8 @@ class Triage:
         """The quarantine frame: file name, 1-based row, reason, raw row as JSON."""
         rows = self.raw[~self.ok]
         cols = [str(c) for c in rows.columns]
-        raw_json = [json.dumps(dict(zip(cols, vals)), ensure_ascii=False, default=str) for vals in rows.itertuples(index=False)]
+        raw_json = [json.dumps(dict(zip(cols, vals)), ensure_ascii=False, default=str)
+                    for vals in rows.itertuples(index=False)]
         return conform_quarantine(pd.DataFrame({
             n.SOURCE_FILE: self.path.name,
             n.SOURCE_ROW: rows.index.to_numpy() + 1,
