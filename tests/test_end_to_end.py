@@ -154,3 +154,24 @@ def test_export_refused_without_passing_validation(trained_shop, tmp_path):
         assert sorted(p.name for p in (cfg.work_dir / "bundles").iterdir()) == before
     finally:
         verdict.write_text(saved)
+
+
+def test_evaluate_bundle_on_a_later_file(trained_shop, tmp_path):
+    """`cartwise evaluate --test-events`: the bundle scored on purchases after its data ends."""
+    from pipelines.evaluate import run_on_file
+    from tests.synthetic import make_shop
+
+    cfg, events, _, _ = trained_shop
+    later, _ = make_shop(days=30, purchases_per_user=5, seed=1)  # same shoppers, new period
+    later[n.EVENT_TIMESTAMP] = later[n.EVENT_TIMESTAMP] + pd.Timedelta(days=150)
+    later[n.EVENT_ID] = "later-" + later[n.EVENT_ID]
+    later = pd.concat([later, later.iloc[:3]])  # three exact duplicates: counted once
+    f = tmp_path / "later" / "events.parquet"
+    f.parent.mkdir()
+    later.to_parquet(f, index=False)
+    out = tmp_path / "m.json"
+    m = run_on_file(cfg, f, adapter="canonical", out=out, log=lambda s: None)
+    assert json.loads(out.read_text())["bundle"] == m["bundle"]
+    assert m["file"]["input_rows"] == len(later) and not m["file"]["overlaps_bundle_data"]
+    assert m["test_users"] == 60
+    assert m["all_items"]["model"]["ndcg@10"] > m["all_items"]["popularity"]["ndcg@10"]
