@@ -7,11 +7,16 @@ pydantic models (unknown fields, wrong types and out-of-range values get a
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.pipeline import Recommender
+
+ItemId = Annotated[str, Field(min_length=1, max_length=128)]
+
 
 class RecommendRequest(BaseModel):
     """Body of `POST /v1/recommend`."""
@@ -19,7 +24,7 @@ class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: str | None = Field(None, min_length=1, max_length=128, description="shopper id; omit for anonymous")
     k: int = Field(10, ge=1, le=10_000, description="number of items (at most serving.max_k)")
-    exclude: list[str] = Field(default_factory=list, max_length=1000, description="item ids never to return")
+    exclude: list[ItemId] = Field(default_factory=list, max_length=1000, description="item ids never to return")
     exclude_purchased: bool = Field(False, description="leave out items the user bought before")
 
 

@@ -112,7 +112,8 @@ def test_http_server_answers_over_a_real_socket(trained_shop):
         assert httpx.get(f"{srv.url}/health/ready").json()["online_store"] == "ok"
         for bad, field in (({"user_id": "U003", "k": 0}, "k"), ({"user_id": "U003", "k": 21}, "k"),
                            ({"user_id": "U003", "colour": "red"}, "colour"), ({"user_id": ""}, "user_id"),
-                           ({"user_id": "U003", "k": "ten"}, "k"), ({"exclude": "I001"}, "exclude")):
+                           ({"user_id": "U003", "k": "ten"}, "k"), ({"exclude": "I001"}, "exclude"),
+                           ({"user_id": "U" * 129}, "user_id"), ({"exclude": ["x" * 129]}, "exclude")):
             r = httpx.post(f"{srv.url}/v1/recommend", json=bad)
             assert r.status_code == 422, bad
             assert any(field in d["loc"] for d in r.json()["detail"]), r.json()
