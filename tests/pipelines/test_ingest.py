@@ -212,7 +212,6 @@ def test_real_file_catalog(real_ingest):
     assert items[n.TITLE].notna().all() and (items[n.PRICE] > 0).all()
 
 
-@pytest.mark.slow
 def test_real_file_second_ingest_is_a_no_op(real_ingest):
     cfg, first = real_ingest
     before = digests(cfg)
