@@ -83,6 +83,8 @@ class ObjectiveConfig(_Section):
         }
     )
     recency: RecencyConfig = RecencyConfig()
+    #: a purchase line worth k x the median line weighs min(k, cap) more (1.0: off)
+    value_weight_cap: float = Field(2.0, ge=1.0, le=100.0)
 
     @field_validator("event_weights")
     @classmethod
@@ -129,12 +131,59 @@ class RetrievalConfig(_Section):
     index: IndexConfig = IndexConfig()
 
 
+class DriftConfig(_Section):
+    """Drift thresholds of the export gate against the blessed reference (`validation/drift.py`).
+
+    Every statistic needs a threshold: setting one to null (here or in
+    `features`) makes each check that needs it fail, so export is blocked
+    rather than silently unguarded.
+
+    Attributes:
+        max_js_divergence: Jensen-Shannon divergence (base 2) of a categorical column.
+        max_psi: population stability index of a numeric column over the reference deciles.
+        max_ks: Kolmogorov-Smirnov distance of a numeric column on the reference's percentiles.
+        max_null_fraction_change: absolute change of a column's null share.
+        max_new_category_share: share of rows carrying categories the reference never saw.
+        min_row_ratio: smallest rows (per day of data, when timestamped) relative to the reference.
+        max_row_ratio: largest such ratio.
+        features: per-column overrides of the keys above, e.g. `{unit_price: {max_psi: 0.3}}`.
+    """
+
+    max_js_divergence: float | None = Field(0.05, ge=0.0, le=1.0)
+    max_psi: float | None = Field(0.2, ge=0.0)
+    max_ks: float | None = Field(0.05, ge=0.0, le=1.0)
+    max_null_fraction_change: float | None = Field(0.02, ge=0.0, le=1.0)
+    max_new_category_share: float | None = Field(0.005, ge=0.0, le=1.0)
+    min_row_ratio: float | None = Field(0.5, ge=0.0)
+    max_row_ratio: float | None = Field(20.0, gt=0.0)
+    features: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+
+    @field_validator("features")
+    @classmethod
+    def _known_keys(cls, v: dict[str, dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
+        allowed = {"max_js_divergence", "max_psi", "max_ks", "max_null_fraction_change", "max_new_category_share",
+                   "min_row_ratio", "max_row_ratio"}
+        for feature, keys in v.items():
+            bad = set(keys) - allowed
+            if bad:
+                raise ValueError(f"{feature}: unknown threshold(s) {sorted(bad)}; expected {sorted(allowed)}")
+        return v
+
+    def thresholds(self) -> dict[str, float | None]:
+        """The global thresholds as a plain mapping (what `validation.drift.compare` takes)."""
+        return self.model_dump(exclude={"features"})
+
+
 class ValidationConfig(_Section):
-    """Thresholds of the training-set suite; a failing expectation stops the run."""
+    """Thresholds of the training-set suite and of the drift gate before export.
+
+    A failing expectation or a drifted feature stops the run.
+    """
 
     min_rows: int = Field(1000, ge=1)
     max_null_fraction: float = Field(0.0, ge=0.0, le=1.0)
     max_weight: float = Field(100.0, gt=0.0)
+    drift: DriftConfig = DriftConfig()
 
 
 class EvaluationConfig(_Section):

@@ -13,8 +13,10 @@ sibling file would be registered twice under one name. Shared names come from
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
-from feast.types import Float64, Int64, String
+import pandas as pd
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, RequestSource, ValueType
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Array, Bool, Float32, Float64, Int64, String
 
 from feature_repo import names as n
 
@@ -25,6 +27,18 @@ user = Entity(name=n.USER_ENTITY, join_keys=[n.USER_ID], value_type=ValueType.ST
               description="A shopper with a customer id (guests are not users).")
 item = Entity(name=n.ITEM_ENTITY, join_keys=[n.ITEM_ID], value_type=ValueType.STRING,
               description="A product (normalized, upper-case id).")
+session = Entity(name=n.SESSION_ENTITY, join_keys=[n.SESSION_ID], value_type=ValueType.STRING,
+                 description="A visit: the session id of the event log (an invoice on Online Retail).")
+category = Entity(name=n.CATEGORY_ENTITY, join_keys=[n.CATEGORY_KEY], value_type=ValueType.STRING,
+                  description="A product category.")
+
+#: A session's state is of no use an hour after its last event.
+SESSION_TTL = timedelta(hours=1)
+
+def _file_source(data_dir: Path, table: str) -> FileSource:
+    return FileSource(name=f"{table}_source", path=str(data_dir / f"{table}.parquet"),
+                      timestamp_field=n.EVENT_TIMESTAMP, created_timestamp_column=n.CREATED_TIMESTAMP)
+
 
 def build(data_dir: Path) -> dict:
     """Every source, view and service, with sources reading tables in `data_dir`.
@@ -40,29 +54,20 @@ def build(data_dir: Path) -> dict:
     Returns:
         Objects by variable name (entities excluded: they are module-level).
     """
-    user_purchase_stats_source = FileSource(
-        name="user_purchase_stats_source",
-        path=str(data_dir / "user_purchase_stats.parquet"),
-        timestamp_field=n.EVENT_TIMESTAMP,
-        created_timestamp_column=n.CREATED_TIMESTAMP,
-    )
-    item_purchase_stats_source = FileSource(
-        name="item_purchase_stats_source",
-        path=str(data_dir / "item_purchase_stats.parquet"),
-        timestamp_field=n.EVENT_TIMESTAMP,
-        created_timestamp_column=n.CREATED_TIMESTAMP,
-    )
-    item_content_source = FileSource(
-        name="item_content_source",
-        path=str(data_dir / "item_content.parquet"),
-        timestamp_field=n.EVENT_TIMESTAMP,
-        created_timestamp_column=n.CREATED_TIMESTAMP,
-    )
+    user_purchase_stats_source = _file_source(data_dir, "user_purchase_stats")
+    item_purchase_stats_source = _file_source(data_dir, "item_purchase_stats")
+    item_content_source = _file_source(data_dir, "item_content")
+    user_profile_source = _file_source(data_dir, "user_profile")
+    user_purchase_windows_source = _file_source(data_dir, "user_purchase_windows")
+    item_activity_windows_source = _file_source(data_dir, "item_activity_windows")
+    user_item_history_source = _file_source(data_dir, "user_item_history")
+    user_category_history_source = _file_source(data_dir, "user_category_history")
+    session_context_batch_source = _file_source(data_dir, "session_context")
+    session_push_source = PushSource(name=n.SESSION_PUSH_SOURCE, batch_source=session_context_batch_source,
+                                     description="Session state pushed by serving as a shopper browses.")
 
     user_purchase_stats = FeatureView(
-        name=n.USER_STATS_VIEW,
-        entities=[user],
-        ttl=SNAPSHOT_TTL,
+        name=n.USER_STATS_VIEW, entities=[user], ttl=SNAPSHOT_TTL, online=True, source=user_purchase_stats_source,
         schema=[
             Field(name=n.USER_PURCHASE_COUNT, dtype=Int64, description="purchase lines so far"),
             Field(name=n.USER_ORDER_COUNT, dtype=Int64, description="distinct orders so far"),
@@ -71,47 +76,113 @@ def build(data_dir: Path) -> dict:
             Field(name=n.USER_DISTINCT_ITEMS, dtype=Int64, description="distinct items bought so far"),
             Field(name=n.USER_DAYS_ACTIVE, dtype=Int64, description="distinct days with a purchase"),
         ],
-        online=True,
-        source=user_purchase_stats_source,
         description="Cumulative purchase statistics of a user as of the end of each day with purchases.",
     )
-
+    user_profile = FeatureView(
+        name=n.USER_PROFILE_VIEW, entities=[user], ttl=SNAPSHOT_TTL, online=True, source=user_profile_source,
+        schema=[
+            Field(name=n.USER_VIEWS, dtype=Int64, description="views and clicks so far"),
+            Field(name=n.USER_CARTS, dtype=Int64, description="add-to-carts so far"),
+            Field(name=n.USER_VIEW_TO_PURCHASE, dtype=Float64, description="purchases / views (0 without views)"),
+            Field(name=n.USER_LAST_PURCHASE_UNIX, dtype=Int64, description="time of the last purchase (0: none)"),
+            Field(name=n.USER_PREFERRED_DEVICE, dtype=String, description="most frequent device"),
+            Field(name=n.USER_TOP_CATEGORY, dtype=String, description="category with the highest recency-weighted purchases"),
+            Field(name=n.USER_TOP_CATEGORY_SHARE, dtype=Float64, description="its share of the recency-weighted purchases"),
+        ],
+        description="Funnel counts, recency and tastes of a user.",
+    )
+    user_purchase_windows = FeatureView(
+        name=n.USER_WINDOWS_VIEW, entities=[user], ttl=SNAPSHOT_TTL, online=True, source=user_purchase_windows_source,
+        schema=[Field(name=f, dtype=Int64 if "purchases" in f else Float64) for f in n.USER_WINDOW_FEATURES],
+        description="Purchases and revenue over the last 7 / 30 / 90 days (a row wherever a window changes).",
+    )
     item_purchase_stats = FeatureView(
-        name=n.ITEM_STATS_VIEW,
-        entities=[item],
-        ttl=SNAPSHOT_TTL,
+        name=n.ITEM_STATS_VIEW, entities=[item], ttl=SNAPSHOT_TTL, online=True, source=item_purchase_stats_source,
         schema=[
             Field(name=n.ITEM_PURCHASE_COUNT, dtype=Int64, description="purchase lines so far (guests included)"),
             Field(name=n.ITEM_BUYER_COUNT, dtype=Int64, description="distinct customers so far"),
             Field(name=n.ITEM_REVENUE, dtype=Float64, description="revenue so far"),
         ],
-        online=True,
-        source=item_purchase_stats_source,
         description="Cumulative sales statistics of an item as of the end of each day with sales.",
     )
-
+    item_activity_windows = FeatureView(
+        name=n.ITEM_WINDOWS_VIEW, entities=[item], ttl=SNAPSHOT_TTL, online=True, source=item_activity_windows_source,
+        schema=[Field(name=f, dtype=Float64 if "conversion" in f else Int64) for f in n.ITEM_WINDOW_FEATURES],
+        description="Purchases, add-to-carts and views over 7 and 30 days; smoothed conversion.",
+    )
     item_content = FeatureView(
-        name="item_content",
-        entities=[item],
-        ttl=SNAPSHOT_TTL,
+        name=n.ITEM_CONTENT_VIEW, entities=[item], ttl=SNAPSHOT_TTL, online=True, source=item_content_source,
         schema=[
             Field(name=n.CATEGORY, dtype=String, description="category derived by the adapter"),
             Field(name=n.PRICE, dtype=Float64, description="catalog price"),
+            Field(name=n.PRICE_BAND, dtype=String, description="catalog price quintile p0..p4"),
+            Field(name=n.IN_STOCK, dtype=Bool, description="in stock (true when the source has no stock)"),
+            Field(name=n.MARGIN, dtype=Float64, description="margin share (NaN when unknown)"),
+            Field(name=n.FIRST_SEEN_UNIX, dtype=Int64, description="first appearance"),
+            Field(name=n.TEXT_EMBEDDING, dtype=Array(Float32), description="TF-IDF + SVD of the product text"),
         ],
-        online=True,
-        source=item_content_source,
-        description="Content of an item known from its first appearance (cold-start features).",
+        description="Content of every item, events or not (cold-start features).",
+    )
+    user_item_history = FeatureView(
+        name=n.USER_ITEM_VIEW, entities=[user, item], ttl=SNAPSHOT_TTL, online=True, source=user_item_history_source,
+        schema=[Field(name=f, dtype=Int64) for f in n.USER_ITEM_FEATURES],
+        description="How many times and how recently this user bought, carted, viewed this item.",
+    )
+    user_category_history = FeatureView(
+        name=n.USER_CATEGORY_VIEW, entities=[user, category], ttl=SNAPSHOT_TTL, online=True,
+        source=user_category_history_source,
+        schema=[Field(name=f, dtype=Int64) for f in n.USER_CATEGORY_FEATURES],
+        description="How many times and how recently this user bought or viewed in this category.",
+    )
+    session_context = FeatureView(
+        name=n.SESSION_VIEW, entities=[session], ttl=SESSION_TTL, online=True, source=session_push_source,
+        schema=[
+            Field(name=n.SESSION_CATEGORY, dtype=String, description="category of the last item touched"),
+            Field(name=n.SESSION_VIEWED, dtype=Array(String), description="last items viewed in the session"),
+            Field(name=n.SESSION_CARTED, dtype=Array(String), description="items added to the cart"),
+            Field(name=n.SESSION_DEVICE, dtype=String, description="device"),
+            Field(name=n.SESSION_HOUR, dtype=Int64, description="hour of the last event (UTC)"),
+            Field(name=n.SESSION_WEEKDAY, dtype=Int64, description="weekday of the last event, Monday = 0"),
+        ],
+        description="The current session, written in real time through the push source.",
     )
 
+    request_context = RequestSource(name="request_context", schema=[Field(name=n.REQUEST_TS, dtype=Int64)])
+
+    @on_demand_feature_view(
+        sources=[request_context, user_purchase_stats, user_profile, item_content],
+        schema=[Field(name="request_hour", dtype=Int64), Field(name="request_weekday", dtype=Int64),
+                Field(name="days_since_last_purchase", dtype=Float64), Field(name="item_age_days", dtype=Float64),
+                Field(name="price_to_user_aov", dtype=Float64)],
+        mode="pandas",
+    )
+    def request_features(inputs: pd.DataFrame) -> pd.DataFrame:
+        """Request-time features: hour and weekday of the request, recency, item age, price vs the user's AOV."""
+        ts = pd.to_datetime(inputs[n.REQUEST_TS], unit="s", utc=True)
+        out = pd.DataFrame(index=inputs.index)
+        out["request_hour"] = ts.dt.hour.astype("int64")
+        out["request_weekday"] = ts.dt.weekday.astype("int64")
+        last = inputs[n.USER_LAST_PURCHASE_UNIX].fillna(0)
+        out["days_since_last_purchase"] = ((inputs[n.REQUEST_TS] - last) / 86400.0).where(last > 0, -1.0).astype("float64")
+        first = inputs[n.FIRST_SEEN_UNIX].fillna(inputs[n.REQUEST_TS])
+        out["item_age_days"] = ((inputs[n.REQUEST_TS] - first) / 86400.0).astype("float64")
+        aov = inputs[n.USER_AVG_ORDER_VALUE].fillna(0.0)
+        out["price_to_user_aov"] = (inputs[n.PRICE].fillna(0.0) / aov.where(aov > 0)).fillna(0.0).astype("float64")
+        return out
+
     retrieval_query_v1 = FeatureService(
-        name=n.RETRIEVAL_QUERY_SERVICE,
-        features=[user_purchase_stats],
+        name=n.RETRIEVAL_QUERY_SERVICE, features=[user_purchase_stats],
         description="Features of the retrieval query tower (user side).",
     )
     retrieval_candidate_v1 = FeatureService(
-        name=n.RETRIEVAL_CANDIDATE_SERVICE,
-        features=[item_content, item_purchase_stats],
+        name=n.RETRIEVAL_CANDIDATE_SERVICE, features=[item_content, item_purchase_stats],
         description="Features of the retrieval candidate tower (item side).",
+    )
+    ranking_v1 = FeatureService(
+        name=n.RANKING_SERVICE,
+        features=[user_purchase_stats, user_profile, user_purchase_windows, item_purchase_stats,
+                  item_activity_windows, item_content, user_item_history, request_features],
+        description="Features of the ranking model: user, item, user x item history and request context.",
     )
 
     return {k: v for k, v in locals().items() if k != "data_dir"}
@@ -124,16 +195,9 @@ def all_objects(data_dir: Path | None = None) -> list:
         data_dir: where the tables are (default: `feature_repo/data/`).
     """
     objs = _DEFAULT if data_dir is None else build(Path(data_dir).resolve())
-    return [user, item, *objs.values()]
+    return [user, item, session, category, *objs.values()]
 
 
 # Module-level objects, so `feast apply` inside feature_repo/ finds them.
 _DEFAULT = build(Path(__file__).resolve().parent / "data")
-user_purchase_stats_source = _DEFAULT["user_purchase_stats_source"]
-item_purchase_stats_source = _DEFAULT["item_purchase_stats_source"]
-item_content_source = _DEFAULT["item_content_source"]
-user_purchase_stats = _DEFAULT["user_purchase_stats"]
-item_purchase_stats = _DEFAULT["item_purchase_stats"]
-item_content = _DEFAULT["item_content"]
-retrieval_query_v1 = _DEFAULT["retrieval_query_v1"]
-retrieval_candidate_v1 = _DEFAULT["retrieval_candidate_v1"]
+globals().update(_DEFAULT)

@@ -76,3 +76,54 @@ USER_STATS_VIEW = "user_purchase_stats"
 ITEM_STATS_VIEW = "item_purchase_stats"
 RETRIEVAL_QUERY_SERVICE = "retrieval_query_v1"
 RETRIEVAL_CANDIDATE_SERVICE = "retrieval_candidate_v1"
+
+# --- feature tables added by the full feature layer (issue 4) ---
+SESSION_ENTITY = "session"
+CATEGORY_ENTITY = "category"
+CATEGORY_KEY = "category_key"  # join key of the category entity (item_content already has a `category` feature)
+WINDOWS_USER = (7, 30, 90)
+WINDOWS_ITEM = (7, 30)
+
+USER_VIEWS = "user_views"
+USER_CARTS = "user_carts"
+USER_VIEW_TO_PURCHASE = "user_view_to_purchase"
+USER_LAST_PURCHASE_UNIX = "user_last_purchase_unix"
+USER_PREFERRED_DEVICE = "user_preferred_device"
+USER_TOP_CATEGORY = "user_top_category"
+USER_TOP_CATEGORY_SHARE = "user_top_category_share"
+USER_PROFILE_FEATURES = (USER_VIEWS, USER_CARTS, USER_VIEW_TO_PURCHASE, USER_LAST_PURCHASE_UNIX,
+                         USER_PREFERRED_DEVICE, USER_TOP_CATEGORY, USER_TOP_CATEGORY_SHARE)
+USER_WINDOW_FEATURES = tuple(f"user_{m}_{w}d" for m in ("purchases", "revenue") for w in WINDOWS_USER)
+ITEM_WINDOW_FEATURES = (tuple(f"item_{m}_{w}d" for m in ("purchases", "carts", "views") for w in WINDOWS_ITEM)
+                        + ("item_conversion_30d",))
+
+PRICE_BAND = "price_band"
+FIRST_SEEN_UNIX = "first_seen_unix"
+TEXT_EMBEDDING = "item_text_embedding"
+
+UI_PURCHASES, UI_CARTS, UI_VIEWS = "ui_purchases", "ui_carts", "ui_views"
+UI_LAST_PURCHASE_UNIX, UI_LAST_SEEN_UNIX = "ui_last_purchase_unix", "ui_last_seen_unix"
+USER_ITEM_FEATURES = (UI_PURCHASES, UI_CARTS, UI_VIEWS, UI_LAST_PURCHASE_UNIX, UI_LAST_SEEN_UNIX)
+UC_PURCHASES, UC_VIEWS, UC_LAST_PURCHASE_UNIX = "uc_purchases", "uc_views", "uc_last_purchase_unix"
+USER_CATEGORY_FEATURES = (UC_PURCHASES, UC_VIEWS, UC_LAST_PURCHASE_UNIX)
+
+SESSION_CATEGORY = "session_category"
+SESSION_VIEWED = "session_viewed"
+SESSION_CARTED = "session_carted"
+SESSION_DEVICE = "session_device"
+SESSION_HOUR = "session_hour"
+SESSION_WEEKDAY = "session_weekday"
+SESSION_FEATURES = (SESSION_CATEGORY, SESSION_VIEWED, SESSION_CARTED, SESSION_DEVICE, SESSION_HOUR, SESSION_WEEKDAY)
+SESSION_MAX_ITEMS = 20
+
+REQUEST_TS = "request_ts"  # request time, unix seconds (RequestSource)
+
+USER_PROFILE_VIEW = "user_profile"
+USER_WINDOWS_VIEW = "user_purchase_windows"
+ITEM_WINDOWS_VIEW = "item_activity_windows"
+ITEM_CONTENT_VIEW = "item_content"
+USER_ITEM_VIEW = "user_item_history"
+USER_CATEGORY_VIEW = "user_category_history"
+SESSION_VIEW = "session_context"
+SESSION_PUSH_SOURCE = "session_push_source"
+RANKING_SERVICE = "ranking_v1"

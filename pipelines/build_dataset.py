@@ -25,11 +25,26 @@ from pipelines.progress import Log, default_log, step
 STAGE = "dataset"
 GUEST_USER = "__guest__"
 
-#: Feature views joined into the training set and the fill value of a row
-#: that has no snapshot yet (a user's first purchase has no history: 0 is exact).
-JOINED_VIEWS = (definitions.user_purchase_stats, definitions.item_purchase_stats, definitions.item_content)
-FILL_VALUES = {**{f: 0 for f in n.USER_FEATURES}, **{f: 0 for f in n.ITEM_FEATURES},
-               n.CATEGORY: "unknown", n.PRICE: 0.0}
+#: Feature views joined into the training set (the ranking service's views plus sessions).
+JOINED_VIEWS = (definitions.user_purchase_stats, definitions.user_profile, definitions.user_purchase_windows,
+                definitions.item_purchase_stats, definitions.item_activity_windows, definitions.item_content,
+                definitions.user_item_history, definitions.user_category_history, definitions.session_context)
+
+
+def _fill_value(field):
+    """What a row with no snapshot yet means: no history (0), unknown text, in stock, an empty list."""
+    kind = str(field.dtype)
+    if "Array" in kind:
+        return []
+    if "String" in kind:
+        return "unknown"
+    if "Bool" in kind:
+        return True
+    return 0.0 if "Float" in kind else 0
+
+
+#: Fill value per feature; margin stays NaN when unknown (no neutral value exists).
+FILL_VALUES = {f.name: _fill_value(f) for v in JOINED_VIEWS for f in v.schema if f.name != n.MARGIN}
 
 
 def train_cutoff(config: CartwiseConfig) -> pd.Timestamp:
@@ -42,29 +57,47 @@ def feature_refs() -> list[str]:
     return [f"{v.name}:{f.name}" for v in JOINED_VIEWS for f in v.schema]
 
 
-def training_entities(events: pd.DataFrame, config: CartwiseConfig, cutoff: pd.Timestamp) -> pd.DataFrame:
+def training_entities(events: pd.DataFrame, config: CartwiseConfig, cutoff: pd.Timestamp,
+                      items: pd.DataFrame | None = None) -> pd.DataFrame:
     """Labelled entity rows with sample weights.
+
+    Weight = event-type weight x recency multiplier (last `recency.window_days`
+    before the cut-off) x value multiplier (a purchase line worth more than the
+    median line weighs up to `objective.value_weight_cap` times more).
 
     Args:
         events: canonical event log.
         config: objective and data sections are read.
         cutoff: rows at or after it are excluded (they belong to the test window).
+        items: catalog, for the category join key (user x category history).
 
     Returns:
-        event_id, user_id, item_id, event_type, event_timestamp, weight.
+        event_id, user_id, item_id, session_id, category_key, event_type, event_timestamp, weight.
     """
     obj = config.objective
     weights = events[n.EVENT_TYPE].map(obj.event_weights).fillna(0.0).astype("float64")
     keep = (weights > 0) & (events[n.EVENT_TIMESTAMP] < cutoff)
-    df = events.loc[keep, [n.EVENT_ID, n.USER_ID, n.ITEM_ID, n.EVENT_TYPE, n.EVENT_TIMESTAMP]].copy()
+    df = events.loc[keep, [n.EVENT_ID, n.USER_ID, n.ITEM_ID, n.SESSION_ID, n.EVENT_TYPE, n.EVENT_TIMESTAMP,
+                           n.QUANTITY, n.UNIT_PRICE]].copy()
     df[n.WEIGHT] = weights[keep]
     if config.data.include_guests_in_training:
         df[n.USER_ID] = df[n.USER_ID].fillna(GUEST_USER)
     else:
-        df = df[df[n.USER_ID].notna()]
+        df = df[df[n.USER_ID].notna()].copy()
+    value = df[n.QUANTITY] * df[n.UNIT_PRICE]
+    is_purchase = (df[n.EVENT_TYPE] == n.PURCHASE) & value.notna()
+    if is_purchase.any() and obj.value_weight_cap > 1.0:
+        median = float(value[is_purchase].median())
+        if median > 0:
+            mult = (value / median).clip(lower=1.0, upper=obj.value_weight_cap)
+            df.loc[is_purchase, n.WEIGHT] *= mult[is_purchase]
+    df = df.drop(columns=[n.QUANTITY, n.UNIT_PRICE])
+    cat = items.set_index(n.ITEM_ID)[n.CATEGORY] if items is not None else pd.Series(dtype=object)
+    df[n.CATEGORY_KEY] = df[n.ITEM_ID].map(cat).fillna("unknown").astype(object)
+    df[n.SESSION_ID] = df[n.SESSION_ID].fillna("").astype(object)
     recent = df[n.EVENT_TIMESTAMP] >= cutoff - pd.Timedelta(days=obj.recency.window_days)
     df.loc[recent, n.WEIGHT] *= obj.recency.multiplier
-    for c in (n.EVENT_ID, n.USER_ID, n.ITEM_ID, n.EVENT_TYPE):
+    for c in (n.EVENT_ID, n.USER_ID, n.ITEM_ID, n.EVENT_TYPE, n.SESSION_ID):
         df[c] = df[c].astype(object)
     return df.sort_values([n.EVENT_TIMESTAMP, n.EVENT_ID]).reset_index(drop=True)
 
@@ -79,26 +112,38 @@ def join_point_in_time(store, entity_df: pd.DataFrame) -> tuple[pd.DataFrame, di
     Raises:
         RuntimeError: Feast returned a different set of rows than it was given.
     """
-    out = store.get_historical_features(entity_df=entity_df, features=feature_refs()).to_df()
+    # filter_by_created_timestamp: a value backfilled later (created after the row's time) is not visible
+    out = store.get_historical_features(entity_df=entity_df, features=feature_refs(),
+                                        filter_by_created_timestamp=True).to_df()
     if len(out) != len(entity_df) or set(out[n.EVENT_ID]) != set(entity_df[n.EVENT_ID]):
         raise RuntimeError(f"point-in-time join returned {len(out)} rows for {len(entity_df)} entity rows")
     out = out.set_index(n.EVENT_ID).loc[entity_df[n.EVENT_ID]].reset_index()
+    return out, fill_missing(out)
+
+
+def fill_missing(df: pd.DataFrame) -> dict[str, int]:
+    """Replace missing feature values in place by FILL_VALUES; returns how many per column."""
     fills = {}
     for col, value in FILL_VALUES.items():
-        fills[col] = int(out[col].isna().sum())
-        out[col] = out[col].fillna(value)
-    for col in (*n.USER_FEATURES, *n.ITEM_FEATURES):
-        out[col] = out[col].astype("int64" if col.endswith(("_count", "_items", "_active")) else "float64")
-    out[n.PRICE] = out[n.PRICE].astype("float64")
-    return out, fills
+        if col not in df.columns:
+            continue
+        if isinstance(value, list):
+            missing = df[col].map(lambda v: v is None or (isinstance(v, float) and v != v))
+            df[col] = [list(v) if not m else [] for v, m in zip(df[col], missing)]
+        else:
+            missing = df[col].isna()
+            df[col] = df[col].where(~missing, value).astype(object if isinstance(value, str) else type(value))
+        fills[col] = int(missing.sum())
+    return fills
 
 
 def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     """Build `<work_dir>/dataset/train.parquet` and its manifest."""
     layout = Layout(config.work_dir)
     events = pd.read_parquet(layout.ingest / "events.parquet")
+    items = pd.read_parquet(layout.ingest / "items.parquet")
     cutoff = train_cutoff(config)
-    entities = training_entities(events, config, cutoff)
+    entities = training_entities(events, config, cutoff, items)
     if entities.empty:
         raise ValueError(f"no labelled events before {cutoff:%Y-%m-%d}: check evaluation.split_date and objective.event_weights")
     store = open_store(layout.feature_store)

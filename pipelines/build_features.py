@@ -11,6 +11,8 @@ import datetime as dt
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from feast import FeatureStore
 
@@ -20,6 +22,7 @@ from feature_repo import names as n
 from pipelines.layout import Layout
 from pipelines.manifest import read_json, write_manifest
 from pipelines.progress import Log, default_log, step
+from pipelines.text_embedding import text_embeddings
 
 STAGE = "features"
 
@@ -45,6 +48,54 @@ def _for_parquet(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+_ARROW = {"Int64": pa.int64(), "Float64": pa.float64(), "Float32": pa.float32(), "String": pa.string(),
+          "Bool": pa.bool_(), "Array(String)": pa.list_(pa.string()), "Array(Float32)": pa.list_(pa.float32())}
+
+
+def arrow_schema(view) -> pa.Schema:
+    """The parquet schema of a view's table: join keys, timestamps, then features with Feast's types.
+
+    Writing with an explicit schema keeps an empty table or an all-empty list
+    column typed (pandas alone would write `null`, which Feast cannot join on).
+    """
+    join_keys = {e.name: e.join_key for e in (definitions.user, definitions.item, definitions.session,
+                                                definitions.category)}
+    keys = [pa.field(join_keys[e], pa.string()) for e in view.entities]
+    ts = [pa.field(n.EVENT_TIMESTAMP, pa.timestamp("us", tz="UTC")),
+          pa.field(n.CREATED_TIMESTAMP, pa.timestamp("us", tz="UTC"))]
+    return pa.schema(keys + ts + [pa.field(f.name, _ARROW[str(f.dtype)]) for f in view.schema])
+
+
+def _write_parquet(df: pd.DataFrame, path: Path, view) -> None:
+    schema = arrow_schema(view)
+    pq.write_table(pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False), path)
+
+
+#: Table -> the feature view reading it (the schema the table is written with).
+TABLE_VIEWS = {
+    "user_purchase_stats": definitions.user_purchase_stats, "user_profile": definitions.user_profile,
+    "user_purchase_windows": definitions.user_purchase_windows, "item_purchase_stats": definitions.item_purchase_stats,
+    "item_activity_windows": definitions.item_activity_windows, "item_content": definitions.item_content,
+    "user_item_history": definitions.user_item_history, "user_category_history": definitions.user_category_history,
+    "session_context": definitions.session_context,
+}
+
+
+def feature_table_builders(events: pd.DataFrame, items: pd.DataFrame) -> dict:
+    """Table name -> a function computing it (names match the sources in feature_repo/definitions.py)."""
+    return {
+        "user_purchase_stats": lambda: feature_tables.user_purchase_stats(events),
+        "user_profile": lambda: feature_tables.user_profile(events, items),
+        "user_purchase_windows": lambda: feature_tables.user_purchase_windows(events),
+        "item_purchase_stats": lambda: feature_tables.item_purchase_stats(events),
+        "item_activity_windows": lambda: feature_tables.item_activity_windows(events),
+        "item_content": lambda: feature_tables.item_content(items, text_embeddings(items)),
+        "user_item_history": lambda: feature_tables.user_item_history(events),
+        "user_category_history": lambda: feature_tables.user_category_history(events, items),
+        "session_context": lambda: feature_tables.session_context(events, items),
+    }
+
+
 def write_tables(events: pd.DataFrame, items: pd.DataFrame, data_dir: Path, log: Log = default_log) -> dict[str, int]:
     """Compute and write every table the Feast sources point at.
 
@@ -53,14 +104,10 @@ def write_tables(events: pd.DataFrame, items: pd.DataFrame, data_dir: Path, log:
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
-    for name, build, arg in (
-        ("user_purchase_stats", feature_tables.user_purchase_stats, events),
-        ("item_purchase_stats", feature_tables.item_purchase_stats, events),
-        ("item_content", feature_tables.item_content, items),
-    ):
+    for name, build in feature_table_builders(events, items).items():
         with step(STAGE, f"table {name}", log) as s:
-            df = _for_parquet(build(arg))
-            df.to_parquet(data_dir / f"{name}.parquet", index=False)
+            df = _for_parquet(build())
+            _write_parquet(df, data_dir / f"{name}.parquet", TABLE_VIEWS[name])
             counts[name] = len(df)
             s["result"] = f"{len(df):,} rows"
     return counts

@@ -10,20 +10,18 @@ import pandas as pd
 
 from feature_repo import definitions
 from feature_repo import names as n
-from pipelines.build_dataset import FILL_VALUES
+from pipelines.build_dataset import fill_missing
 
 
 def _as_of(store, key: str, ids, as_of: pd.Timestamp, views) -> pd.DataFrame:
     ids = pd.Series(pd.unique(pd.Series(list(ids), dtype=object)), dtype=object)
     entity_df = pd.DataFrame({key: ids, n.EVENT_TIMESTAMP: pd.Timestamp(as_of)})
     refs = [f"{v.name}:{f.name}" for v in views for f in v.schema]
-    out = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+    out = store.get_historical_features(entity_df=entity_df, features=refs, filter_by_created_timestamp=True).to_df()
     if len(out) != len(entity_df):
         raise RuntimeError(f"feature lookup returned {len(out)} rows for {len(entity_df)} {key}s")
     out = out.drop_duplicates(key).set_index(key).loc[ids].reset_index()
-    for v in views:
-        for f in v.schema:
-            out[f.name] = out[f.name].fillna(FILL_VALUES[f.name])
+    fill_missing(out)
     return out.drop(columns=[n.EVENT_TIMESTAMP])
 
 

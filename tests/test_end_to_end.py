@@ -32,9 +32,13 @@ def test_training_set_is_point_in_time_and_complete(trained_shop):
     expected = events[(events[n.EVENT_TYPE] == "purchase") & events[n.USER_ID].notna()
                       & (events[n.EVENT_TIMESTAMP] < cutoff)]
     assert sorted(train[n.EVENT_ID]) == sorted(expected[n.EVENT_ID])  # no row dropped, none added
-    # recency: rows in the last 7 days before the cut-off weigh 4x the others
-    recent = train[n.EVENT_TIMESTAMP] >= cutoff - pd.Timedelta(days=7)
-    assert set(train.loc[recent, n.WEIGHT]) == {4.0} and set(train.loc[~recent, n.WEIGHT]) == {1.0}
+    # weight = 1 (purchase) x min(2, max(1, line value / median line value)) x 4 in the last 7 days
+    e = expected.set_index(n.EVENT_ID).loc[train[n.EVENT_ID]]
+    value = (e[n.QUANTITY] * e[n.UNIT_PRICE]).to_numpy()
+    recent = (e[n.EVENT_TIMESTAMP] >= cutoff - pd.Timedelta(days=7)).to_numpy()
+    want = np.clip(value / np.median(value), 1.0, 2.0) * np.where(recent, 4.0, 1.0)
+    assert np.allclose(train[n.WEIGHT].to_numpy(), want)
+    assert recent.any() and (~recent).any() and len(set(np.round(want, 6))) > 2
     assert results["validate"]["success"] and results["validate"]["expectations"] > 20
 
 
