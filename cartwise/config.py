@@ -174,6 +174,32 @@ class DriftConfig(_Section):
         return self.model_dump(exclude={"features"})
 
 
+class FeaturesConfig(_Section):
+    """The online store and the content features (feature definitions themselves are code in feature_repo/).
+
+    Attributes:
+        online_store: `sqlite` (a file under the work dir; newest event time wins)
+            or `redis` (a running server at `redis_connection_string`).
+        redis_connection_string: `host:port[,db=N]` for Feast's Redis store.
+        text_embedding_size: dimensions of the TF-IDF + SVD description embedding.
+        max_age_hours: per feature view, how old a value may be at read time
+            before serving treats it as missing (default: the view's TTL).
+    """
+
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection_string: str = "127.0.0.1:6379"
+    text_embedding_size: int = Field(16, ge=1, le=512)
+    max_age_hours: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("max_age_hours")
+    @classmethod
+    def _positive_ages(cls, v: dict[str, float]) -> dict[str, float]:
+        for view, hours in v.items():
+            if hours <= 0:
+                raise ValueError(f"{view}: max age must be positive, got {hours}")
+        return v
+
+
 class ValidationConfig(_Section):
     """Thresholds of the training-set suite and of the drift gate before export.
 
@@ -225,6 +251,7 @@ class CartwiseConfig(_Section):
     """The whole of `cartwise.yaml`, one typed section per stage."""
 
     data: DataConfig = DataConfig()
+    features: FeaturesConfig = FeaturesConfig()
     objective: ObjectiveConfig = ObjectiveConfig()
     model: ModelConfig = ModelConfig()
     retrieval: RetrievalConfig = RetrievalConfig()

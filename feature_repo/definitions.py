@@ -20,8 +20,9 @@ from feast.types import Array, Bool, Float32, Float64, Int64, String
 
 from feature_repo import names as n
 
-#: Snapshots are cumulative ("as of the end of day D"), valid until replaced.
-SNAPSHOT_TTL = timedelta(days=3650)
+#: Snapshots are written wherever a value changes ("as of midnight D") and are
+#: valid until replaced, so they never expire: ttl 0 is Feast's "no TTL".
+SNAPSHOT_TTL = timedelta(0)
 
 user = Entity(name=n.USER_ENTITY, join_keys=[n.USER_ID], value_type=ValueType.STRING,
               description="A shopper with a customer id (guests are not users).")

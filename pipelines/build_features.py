@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import yaml
 from feast import FeatureStore
 
-from cartwise.config import CartwiseConfig
+from cartwise.config import CartwiseConfig, FeaturesConfig
 from feature_repo import definitions, feature_tables
 from feature_repo import names as n
 from pipelines.layout import Layout
@@ -27,14 +27,24 @@ from pipelines.text_embedding import text_embeddings
 STAGE = "features"
 
 
+ORDERED_SQLITE = "feature_repo.online_stores.OrderedSqliteOnlineStore"
+
+
+def online_store_config(features: FeaturesConfig, repo_dir: Path) -> dict:
+    """The `online_store` block of feature_store.yaml for the `features` section."""
+    if features.online_store == "redis":
+        return {"type": "redis", "connection_string": features.redis_connection_string}
+    return {"type": ORDERED_SQLITE, "path": str(repo_dir / "data" / "online_store.db")}
+
+
 def feature_store_yaml(repo_dir: Path, online_store: dict | None = None) -> dict:
-    """The Feast config of a run's repo: DuckDB offline, SQLite online by default."""
+    """The Feast config of a run's repo: DuckDB offline; online the newest-wins SQLite store by default."""
     return {
         "project": "cartwise",
         "registry": str(repo_dir / "data" / "registry.db"),
         "provider": "local",
         "offline_store": {"type": "duckdb"},
-        "online_store": online_store or {"type": "sqlite", "path": str(repo_dir / "data" / "online_store.db")},
+        "online_store": online_store or {"type": ORDERED_SQLITE, "path": str(repo_dir / "data" / "online_store.db")},
         "entity_key_serialization_version": 3,
         "auth": {"type": "no_auth"},
     }
@@ -81,7 +91,7 @@ TABLE_VIEWS = {
 }
 
 
-def feature_table_builders(events: pd.DataFrame, items: pd.DataFrame) -> dict:
+def feature_table_builders(events: pd.DataFrame, items: pd.DataFrame, embedding_size: int = 16) -> dict:
     """Table name -> a function computing it (names match the sources in feature_repo/definitions.py)."""
     return {
         "user_purchase_stats": lambda: feature_tables.user_purchase_stats(events),
@@ -89,14 +99,15 @@ def feature_table_builders(events: pd.DataFrame, items: pd.DataFrame) -> dict:
         "user_purchase_windows": lambda: feature_tables.user_purchase_windows(events),
         "item_purchase_stats": lambda: feature_tables.item_purchase_stats(events),
         "item_activity_windows": lambda: feature_tables.item_activity_windows(events),
-        "item_content": lambda: feature_tables.item_content(items, text_embeddings(items)),
+        "item_content": lambda: feature_tables.item_content(items, text_embeddings(items, dim=embedding_size)),
         "user_item_history": lambda: feature_tables.user_item_history(events),
         "user_category_history": lambda: feature_tables.user_category_history(events, items),
         "session_context": lambda: feature_tables.session_context(events, items),
     }
 
 
-def write_tables(events: pd.DataFrame, items: pd.DataFrame, data_dir: Path, log: Log = default_log) -> dict[str, int]:
+def write_tables(events: pd.DataFrame, items: pd.DataFrame, data_dir: Path, log: Log = default_log,
+                 embedding_size: int = 16) -> dict[str, int]:
     """Compute and write every table the Feast sources point at.
 
     Returns:
@@ -104,7 +115,7 @@ def write_tables(events: pd.DataFrame, items: pd.DataFrame, data_dir: Path, log:
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
-    for name, build in feature_table_builders(events, items).items():
+    for name, build in feature_table_builders(events, items, embedding_size).items():
         with step(STAGE, f"table {name}", log) as s:
             df = _for_parquet(build())
             _write_parquet(df, data_dir / f"{name}.parquet", TABLE_VIEWS[name])
@@ -135,10 +146,11 @@ def run(config: CartwiseConfig, *, repo_dir: Path | None = None, log: Log = defa
     repo_dir = Path(repo_dir or layout.feature_store).resolve()
     events = pd.read_parquet(layout.ingest / "events.parquet")
     items = pd.read_parquet(layout.ingest / "items.parquet")
-    counts = write_tables(events, items, repo_dir / "data", log)
+    counts = write_tables(events, items, repo_dir / "data", log, config.features.text_embedding_size)
 
     if repo_dir != (Path(definitions.__file__).parent).resolve():
-        (repo_dir / "feature_store.yaml").write_text(yaml.safe_dump(feature_store_yaml(repo_dir), sort_keys=False))
+        online = online_store_config(config.features, repo_dir)
+        (repo_dir / "feature_store.yaml").write_text(yaml.safe_dump(feature_store_yaml(repo_dir, online), sort_keys=False))
     store = open_store(repo_dir)
     with step(STAGE, "feast apply", log):
         store.apply(definitions.all_objects(repo_dir / "data"))
@@ -146,8 +158,14 @@ def run(config: CartwiseConfig, *, repo_dir: Path | None = None, log: Log = defa
     end = pd.Timestamp(events[n.EVENT_TIMESTAMP].max()).ceil("D").to_pydatetime() + dt.timedelta(days=1)
     if items[n.FIRST_SEEN].notna().any():
         start = min(start, pd.Timestamp(items[n.FIRST_SEEN].min()).to_pydatetime() - dt.timedelta(days=1))
-    with step(STAGE, f"materialize {start:%Y-%m-%d}..{end:%Y-%m-%d} to the online store", log):
-        store.materialize(start_date=start, end_date=end)
+    views = store.list_feature_views()
+    incremental = bool(views) and all(v.materialization_intervals for v in views)
+    if incremental:  # only what is new since the last run's end (Feast keeps the intervals in the registry)
+        with step(STAGE, f"materialize incrementally up to {end:%Y-%m-%d} to the online store", log):
+            store.materialize_incremental(end_date=end)
+    else:
+        with step(STAGE, f"materialize {start:%Y-%m-%d}..{end:%Y-%m-%d} to the online store", log):
+            store.materialize(start_date=start, end_date=end)
     summary = {"repo_dir": str(repo_dir), "rows": counts,
                "materialized": {"start": start.isoformat(), "end": end.isoformat()}}
     write_manifest(repo_dir, STAGE, {"ingest": read_json(layout.ingest / "manifest.json").get("outputs", {})},

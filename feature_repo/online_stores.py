@@ -1,0 +1,95 @@
+"""Online stores where the newest value by event time wins, whatever order writes arrive in.
+
+Where it sits: materialization and pushes (pipelines/build_features.py,
+serving's session pushes) -> **online store** -> serving's online lookups.
+Chosen in `feature_store.yaml` (`online_store: {type:
+feature_repo.online_stores.OrderedSqliteOnlineStore, path: ...}`), as Feast
+expects of a custom store (STYLE.md section 6); we do not wrap Feast.
+
+Feast's SQLite store upserts unconditionally, so the last write wins: a late
+event or a re-run materialization of an older window overwrites a newer
+value. Feast's Redis store already skips a write whose event time is not
+newer than the stored one. This store applies the same rule on SQLite, so
+both stores agree (the parity suite in tests/feature_repo runs on both).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable, Literal
+
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig, _quote_id, _table_id
+
+_CHUNK = 500
+
+
+class OrderedSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
+    """Config of :class:`OrderedSqliteOnlineStore` (same keys as Feast's `sqlite`)."""
+
+    type: Literal["feature_repo.online_stores.OrderedSqliteOnlineStore"] = (
+        "feature_repo.online_stores.OrderedSqliteOnlineStore"
+    )
+
+
+def _naive_utc(ts: dt.datetime) -> dt.datetime:
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return ts
+
+
+def _parse(stored: Any) -> dt.datetime | None:
+    if stored is None:
+        return None
+    if isinstance(stored, dt.datetime):
+        return _naive_utc(stored)
+    return dt.datetime.fromisoformat(str(stored))
+
+
+class OrderedSqliteOnlineStore(SqliteOnlineStore):
+    """Feast's SQLite online store, skipping writes that are not newer than what is stored.
+
+    Rule (the same as Feast's Redis store): a row is written only if its event
+    time is later than the stored one for that entity and view; within one
+    batch, the first row of the latest event time wins.
+    """
+
+    def online_write_batch(self, config, table, data, progress: Callable[[int], Any] | None) -> None:
+        if not data:
+            return
+        keyed = []
+        for row in data:
+            key = serialize_entity_key(row[0], entity_key_serialization_version=config.entity_key_serialization_version)
+            keyed.append((key, _naive_utc(row[2]), row))
+        stored = self._stored_event_times(config, table, {k for k, _, _ in keyed})
+        newest: dict[bytes, tuple[dt.datetime, tuple]] = {}
+        for key, ts, row in keyed:
+            best = newest.get(key)
+            floor = stored.get(key)
+            if floor is not None and ts <= floor:
+                continue
+            if best is None or ts > best[0]:
+                newest[key] = (ts, row)
+        kept = [row for _, row in newest.values()]
+        super().online_write_batch(config, table, kept, None)
+        if progress:
+            progress(len(data))
+
+    def _stored_event_times(self, config, table, keys: set[bytes]) -> dict[bytes, dt.datetime]:
+        conn = self._get_conn(config)
+        name = _quote_id(_table_id(config.project, table, config.registry.enable_online_feature_view_versioning))
+        exists = conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name=?",
+                              (name.strip('"'),)).fetchone()
+        if not exists:
+            return {}
+        out: dict[bytes, dt.datetime] = {}
+        keys = list(keys)
+        for i in range(0, len(keys), _CHUNK):
+            chunk = keys[i:i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for key, ts in conn.execute(
+                    f"SELECT entity_key, MAX(event_ts) FROM {name} WHERE entity_key IN ({marks}) GROUP BY entity_key",
+                    chunk):
+                parsed = _parse(ts)
+                if parsed is not None:
+                    out[bytes(key)] = parsed
+        return out
