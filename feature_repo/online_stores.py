@@ -42,7 +42,10 @@ def _parse(stored: Any) -> dt.datetime | None:
         return None
     if isinstance(stored, dt.datetime):
         return _naive_utc(stored)
-    return dt.datetime.fromisoformat(str(stored))
+    text = str(stored)
+    if text.lstrip("-").replace(".", "", 1).isdigit():  # Feast stores epoch seconds in some versions
+        return dt.datetime.fromtimestamp(float(text), dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.fromisoformat(text)
 
 
 class OrderedSqliteOnlineStore(SqliteOnlineStore):

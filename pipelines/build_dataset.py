@@ -44,7 +44,7 @@ def _fill_value(field):
 
 
 #: Fill value per feature; margin stays NaN when unknown (no neutral value exists).
-FILL_VALUES = {f.name: _fill_value(f) for v in JOINED_VIEWS for f in v.schema if f.name != n.MARGIN}
+FILL_VALUES = {f.name: _fill_value(f) for v in JOINED_VIEWS for f in v.features if f.name != n.MARGIN}
 
 
 def train_cutoff(config: CartwiseConfig) -> pd.Timestamp:
@@ -54,7 +54,7 @@ def train_cutoff(config: CartwiseConfig) -> pd.Timestamp:
 
 def feature_refs() -> list[str]:
     """`view:feature` references of every joined feature, in a fixed order."""
-    return [f"{v.name}:{f.name}" for v in JOINED_VIEWS for f in v.schema]
+    return [f"{v.name}:{f.name}" for v in JOINED_VIEWS for f in v.features]
 
 
 def training_entities(events: pd.DataFrame, config: CartwiseConfig, cutoff: pd.Timestamp,

@@ -73,7 +73,7 @@ def arrow_schema(view) -> pa.Schema:
     keys = [pa.field(join_keys[e], pa.string()) for e in view.entities]
     ts = [pa.field(n.EVENT_TIMESTAMP, pa.timestamp("us", tz="UTC")),
           pa.field(n.CREATED_TIMESTAMP, pa.timestamp("us", tz="UTC"))]
-    return pa.schema(keys + ts + [pa.field(f.name, _ARROW[str(f.dtype)]) for f in view.schema])
+    return pa.schema(keys + ts + [pa.field(f.name, _ARROW[str(f.dtype)]) for f in view.features])
 
 
 def _write_parquet(df: pd.DataFrame, path: Path, view) -> None:

@@ -16,7 +16,7 @@ from pipelines.build_dataset import fill_missing
 def _as_of(store, key: str, ids, as_of: pd.Timestamp, views) -> pd.DataFrame:
     ids = pd.Series(pd.unique(pd.Series(list(ids), dtype=object)), dtype=object)
     entity_df = pd.DataFrame({key: ids, n.EVENT_TIMESTAMP: pd.Timestamp(as_of)})
-    refs = [f"{v.name}:{f.name}" for v in views for f in v.schema]
+    refs = [f"{v.name}:{f.name}" for v in views for f in v.features]
     out = store.get_historical_features(entity_df=entity_df, features=refs, filter_by_created_timestamp=True).to_df()
     if len(out) != len(entity_df):
         raise RuntimeError(f"feature lookup returned {len(out)} rows for {len(entity_df)} {key}s")

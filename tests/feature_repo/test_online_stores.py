@@ -1,0 +1,156 @@
+"""One suite, two real online stores (SQLite file and a redis-server process):
+online/offline parity, newest-by-event-time wins, staleness at read time.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from feast import FeatureStore
+
+from feature_repo import definitions
+from feature_repo import names as n
+from pipelines.build_features import feature_store_yaml, write_tables
+from serving.features import OnlineFeatureReader, push_session_state, session_reader
+from tests.synthetic import make_shop
+
+pytestmark = pytest.mark.integration
+REDIS = shutil.which("redis-server")
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free loopback port (installed by .ci/run from Debian)."""
+    if REDIS is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (.ci/run installs it)")
+        pytest.skip("redis-server not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    """A Feast repo with the synthetic shop's tables, on the parametrized online store."""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        import redis
+
+        host, port = url.split(":")
+        redis.Redis(host=host, port=int(port)).flushall()
+        online = {"type": "redis", "connection_string": url}
+    else:
+        online = None  # the default: feature_repo.online_stores.OrderedSqliteOnlineStore
+    (tmp_path / "data").mkdir()
+    (tmp_path / "feature_store.yaml").write_text(yaml.safe_dump(feature_store_yaml(tmp_path, online)))
+    events, items = make_shop(n_users=40, n_items=30, purchases_per_user=12)
+    write_tables(events, items, tmp_path / "data", log=lambda m: None)
+    fs = FeatureStore(repo_path=str(tmp_path))
+    fs.apply(definitions.all_objects(tmp_path / "data"))
+    return fs, events, items
+
+
+PARITY_REFS = [f"{n.USER_STATS_VIEW}:{n.USER_PURCHASE_COUNT}", f"{n.USER_STATS_VIEW}:{n.USER_REVENUE}",
+               f"{n.USER_WINDOWS_VIEW}:user_purchases_30d", f"{n.USER_PROFILE_VIEW}:{n.USER_TOP_CATEGORY}"]
+
+
+def test_online_equals_offline_point_in_time_on_1000_pairs(store):
+    """Materialize incrementally to 5 checkpoints; at each, 200 users online == offline as of it."""
+    fs, events, _ = store
+    rng = np.random.default_rng(0)
+    users = sorted(events[n.USER_ID].dropna().unique())
+    checkpoints = pd.date_range("2011-01-20 12:00", "2011-04-25 12:00", periods=5, tz="UTC")
+    fs.materialize(start_date=dt.datetime(2010, 12, 1, tzinfo=dt.timezone.utc), end_date=checkpoints[0].to_pydatetime())
+    compared = 0
+    for i, cp in enumerate(checkpoints):
+        if i:
+            fs.materialize_incremental(end_date=cp.to_pydatetime())
+        sample = rng.choice(users, size=200, replace=True)
+        online = fs.get_online_features(features=PARITY_REFS, entity_rows=[{n.USER_ID: u} for u in sample]).to_dict()
+        offline = fs.get_historical_features(
+            entity_df=pd.DataFrame({"row": np.arange(len(sample)), n.USER_ID: sample, n.EVENT_TIMESTAMP: cp}),
+            features=PARITY_REFS).to_df().sort_values("row")
+        assert list(offline[n.USER_ID]) == list(sample)
+        for ref in PARITY_REFS:
+            col = ref.split(":")[1]
+            a, b = online[col], offline[col].tolist()
+            for x, y in zip(a, b):
+                if y is None or (isinstance(y, float) and np.isnan(y)):
+                    assert x is None, (cp, col)
+                else:
+                    assert x == pytest.approx(y), (cp, col)
+            compared += len(a)
+    assert compared == 5 * 200 * len(PARITY_REFS)
+
+
+def test_newest_event_time_wins_whatever_the_arrival_order(store):
+    fs, _, _ = store
+    view = fs.get_feature_view(n.USER_STATS_VIEW)
+    t1 = pd.Timestamp("2011-06-01", tz="UTC")
+    t2 = t1 + pd.Timedelta(days=1)
+
+    def row(ts, count):
+        return {n.USER_ID: "late-arrival", n.EVENT_TIMESTAMP: ts, n.CREATED_TIMESTAMP: ts,
+                **{f.name: 0 for f in view.features}, n.USER_PURCHASE_COUNT: count}
+
+    fs.write_to_online_store(n.USER_STATS_VIEW, pd.DataFrame([row(t2, 2)]))   # the newer value arrives first
+    fs.write_to_online_store(n.USER_STATS_VIEW, pd.DataFrame([row(t1, 1)]))   # then an older, late one
+    got = fs.get_online_features(features=[f"{n.USER_STATS_VIEW}:{n.USER_PURCHASE_COUNT}"],
+                                 entity_rows=[{n.USER_ID: "late-arrival"}]).to_dict()
+    assert got[n.USER_PURCHASE_COUNT] == [2]
+    fs.write_to_online_store(n.USER_STATS_VIEW, pd.DataFrame([row(t2 + pd.Timedelta(hours=1), 3), row(t1, 9)]))
+    got = fs.get_online_features(features=[f"{n.USER_STATS_VIEW}:{n.USER_PURCHASE_COUNT}"],
+                                 entity_rows=[{n.USER_ID: "late-arrival"}]).to_dict()
+    assert got[n.USER_PURCHASE_COUNT] == [3]
+
+
+def _session_row(sid, ts, category):
+    return {n.SESSION_ID: sid, n.EVENT_TIMESTAMP: ts, n.CREATED_TIMESTAMP: ts, n.SESSION_CATEGORY: category,
+            n.SESSION_VIEWED: ["I001"], n.SESSION_CARTED: [], n.SESSION_DEVICE: "mobile",
+            n.SESSION_HOUR: ts.hour, n.SESSION_WEEKDAY: ts.weekday()}
+
+
+def test_stale_values_are_missing_and_reported(store):
+    fs, _, _ = store
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    push_session_state(fs, [_session_row("fresh", now - pd.Timedelta(minutes=5), "cat1"),
+                            _session_row("old", now - pd.Timedelta(hours=2), "cat2")])
+    reader = session_reader(fs)  # the session view's TTL (1 hour) is its max age
+    got = reader.read([{n.SESSION_ID: "fresh"}, {n.SESSION_ID: "old"}, {n.SESSION_ID: "never"}], now.to_pydatetime())
+    assert got.rows[0][n.SESSION_CATEGORY] == "cat1" and got.rows[0][n.SESSION_VIEWED] == ["I001"]
+    assert got.rows[1][n.SESSION_CATEGORY] is None and got.rows[2][n.SESSION_CATEGORY] is None
+    assert f"{n.SESSION_VIEW}:{n.SESSION_CATEGORY}" in got.stale and len(got.stale) == len(n.SESSION_FEATURES)
+    # a configured max age overrides the TTL
+    tight = session_reader(fs, {n.SESSION_VIEW: dt.timedelta(minutes=1)}).read([{n.SESSION_ID: "fresh"}],
+                                                                              now.to_pydatetime())
+    assert tight.rows[0][n.SESSION_CATEGORY] is None
+    # snapshot views never expire (ttl 0): a value from 2011 is still served
+    fs.materialize(start_date=dt.datetime(2010, 12, 1, tzinfo=dt.timezone.utc),
+                   end_date=dt.datetime(2011, 6, 1, tzinfo=dt.timezone.utc))
+    old = OnlineFeatureReader(fs, [f"{n.USER_STATS_VIEW}:{n.USER_PURCHASE_COUNT}"]).read([{n.USER_ID: "U001"}])
+    assert old.rows[0][n.USER_PURCHASE_COUNT] == 12 and not old.stale
