@@ -154,3 +154,30 @@ def test_stale_values_are_missing_and_reported(store):
                    end_date=dt.datetime(2011, 6, 1, tzinfo=dt.timezone.utc))
     old = OnlineFeatureReader(fs, [f"{n.USER_STATS_VIEW}:{n.USER_PURCHASE_COUNT}"]).read([{n.USER_ID: "U001"}])
     assert old.rows[0][n.USER_PURCHASE_COUNT] == 12 and not old.stale
+
+
+def test_item_matrix_matches_the_sdk_and_survives_save_and_load(store, tmp_path):
+    from serving.item_matrix import ItemFeatureMatrix
+
+    fs, events, items = store
+    fs.materialize(start_date=dt.datetime(2010, 12, 1, tzinfo=dt.timezone.utc),
+                   end_date=dt.datetime(2011, 6, 1, tzinfo=dt.timezone.utc))
+    refs = [f"{n.ITEM_CONTENT_VIEW}:{n.CATEGORY}", f"{n.ITEM_CONTENT_VIEW}:{n.PRICE}",
+            f"{n.ITEM_STATS_VIEW}:{n.ITEM_PURCHASE_COUNT}", f"{n.ITEM_CONTENT_VIEW}:{n.TEXT_EMBEDDING}"]
+    m = ItemFeatureMatrix.from_online_store(fs, items[n.ITEM_ID].tolist(), refs)
+    ask = ["I007", "nope", "I001", "I007"]
+    got = m.take(ask)
+    sdk = fs.get_online_features(features=refs, entity_rows=[{n.ITEM_ID: i} for i in ask]).to_dict()
+    for ref in refs:
+        col = ref.split(":")[1]
+        for i, (a, b) in enumerate(zip(got[col], sdk[col])):
+            if b is None:
+                assert a is None or (isinstance(a, float) and np.isnan(a)), (col, i)
+            elif isinstance(b, list):
+                assert list(a) == pytest.approx(b)
+            else:
+                assert a == pytest.approx(b) if isinstance(b, float) else a == b
+    m.save(tmp_path / "matrix")
+    again = ItemFeatureMatrix.load(tmp_path / "matrix").take(ask)
+    assert list(again[n.CATEGORY]) == list(got[n.CATEGORY])
+    assert np.allclose(again[n.PRICE], got[n.PRICE], equal_nan=True)
