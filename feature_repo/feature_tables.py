@@ -374,18 +374,36 @@ def session_context(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     cat = items.set_index(n.ITEM_ID)[n.CATEGORY].astype(object)
     e = events[events[n.SESSION_ID].notna()].sort_values([n.SESSION_ID, n.EVENT_TIMESTAMP, n.EVENT_ID])
     cols = [n.SESSION_ID, n.EVENT_TIMESTAMP, n.CREATED_TIMESTAMP, *n.SESSION_FEATURES]
-    rows = []
-    for sid, g in e.groupby(n.SESSION_ID, sort=False):
-        viewed: list[str] = []
-        carted: list[str] = []
-        for ts, item, etype, device in zip(g[n.EVENT_TIMESTAMP], g[n.ITEM_ID], g[n.EVENT_TYPE], g[n.DEVICE]):
-            if etype in (n.VIEW, n.CLICK):
-                viewed = (viewed + [item])[-n.SESSION_MAX_ITEMS:]
-            elif etype == n.ADD_TO_CART:
-                carted = (carted + [item])[-n.SESSION_MAX_ITEMS:]
-            rows.append((sid, ts + pd.Timedelta(microseconds=1), cat.get(item, "unknown"), list(viewed), list(carted),
-                         device if isinstance(device, str) else "unknown", ts.hour, ts.weekday()))
-    out = pd.DataFrame(rows, columns=[n.SESSION_ID, n.EVENT_TIMESTAMP, *n.SESSION_FEATURES])
-    out[n.SESSION_HOUR] = out[n.SESSION_HOUR].astype("int64")
-    out[n.SESSION_WEEKDAY] = out[n.SESSION_WEEKDAY].astype("int64")
-    return _stamp(out)[cols] if len(out) else pd.DataFrame({c: pd.Series(dtype="object") for c in cols})
+    if e.empty:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in cols})
+    ts = e[n.EVENT_TIMESTAMP]
+    out = pd.DataFrame({
+        n.SESSION_ID: e[n.SESSION_ID].astype(object).to_numpy(),
+        n.EVENT_TIMESTAMP: (ts + pd.Timedelta(microseconds=1)).to_numpy(),
+        n.SESSION_CATEGORY: e[n.ITEM_ID].map(cat).fillna("unknown").astype(object).to_numpy(),
+        n.SESSION_DEVICE: e[n.DEVICE].astype(object).where(e[n.DEVICE].notna(), "unknown").to_numpy(),
+        n.SESSION_HOUR: ts.dt.hour.astype("int64").to_numpy(),
+        n.SESSION_WEEKDAY: ts.dt.weekday.astype("int64").to_numpy(),
+    })
+    out[n.EVENT_TIMESTAMP] = pd.to_datetime(out[n.EVENT_TIMESTAMP], utc=True)
+    viewed_col = [[] for _ in range(len(e))]
+    carted_col = [[] for _ in range(len(e))]
+    # running lists only for sessions with views or carts (purchase-only logs skip the loop)
+    funnel = e[n.EVENT_TYPE].isin([n.VIEW, n.CLICK, n.ADD_TO_CART]).to_numpy()
+    sessions = e[n.SESSION_ID].to_numpy()
+    active = set(sessions[funnel])
+    if active:
+        pos = np.flatnonzero(np.isin(sessions, list(active)))
+        items_arr, types = e[n.ITEM_ID].to_numpy(), e[n.EVENT_TYPE].to_numpy()
+        current, viewed, carted = None, [], []
+        for i in pos:
+            if sessions[i] != current:
+                current, viewed, carted = sessions[i], [], []
+            if types[i] in (n.VIEW, n.CLICK):
+                viewed = (viewed + [items_arr[i]])[-n.SESSION_MAX_ITEMS:]
+            elif types[i] == n.ADD_TO_CART:
+                carted = (carted + [items_arr[i]])[-n.SESSION_MAX_ITEMS:]
+            viewed_col[i], carted_col[i] = list(viewed), list(carted)
+    out[n.SESSION_VIEWED] = viewed_col
+    out[n.SESSION_CARTED] = carted_col
+    return _stamp(out)[cols].reset_index(drop=True)
