@@ -85,6 +85,8 @@ class ObjectiveConfig(_Section):
     recency: RecencyConfig = RecencyConfig()
     #: a purchase line worth k x the median line weighs min(k, cap) more (1.0: off)
     value_weight_cap: float = Field(2.0, ge=1.0, le=100.0)
+    #: sampled negatives per labelled row in the training set (for ranking; retrieval uses in-batch negatives)
+    negatives_per_positive: int = Field(0, ge=0, le=100)
 
     @field_validator("event_weights")
     @classmethod

@@ -68,6 +68,8 @@ ITEM_FEATURES = (ITEM_PURCHASE_COUNT, ITEM_BUYER_COUNT, ITEM_REVENUE)
 
 # --- training set ---
 WEIGHT = "weight"
+LABEL = "label"            # 1 for a labelled event, 0 for a sampled negative
+NEGATIVE = "negative"      # event_type of a sampled negative row
 
 # --- Feast object names ---
 USER_ENTITY = "user"

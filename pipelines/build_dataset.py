@@ -6,12 +6,15 @@ validate_dataset (Great Expectations) -> train_retrieval.
 Entity rows are the events that carry a label weight in `objective`
 (purchases 1.0, add-to-cart secondary, clicks and views down-weighted),
 up to the end of `evaluation.split_date`; the last `recency.window_days`
-before that cut-off weigh `recency.multiplier` times more. Features come from
+before that cut-off weigh `recency.multiplier` times more, and a valuable
+purchase line up to `value_weight_cap` times more. With
+`objective.negatives_per_positive` > 0, sampled negatives (label 0) join them. Features come from
 Feast's `get_historical_features` (DuckDB offline store), so each row sees
 only snapshots stamped at or before its own timestamp.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from cartwise.config import CartwiseConfig
@@ -102,6 +105,44 @@ def training_entities(events: pd.DataFrame, config: CartwiseConfig, cutoff: pd.T
     return df.sort_values([n.EVENT_TIMESTAMP, n.EVENT_ID]).reset_index(drop=True)
 
 
+def sample_negatives(entities: pd.DataFrame, items: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
+    """`k` negative rows per labelled row: items drawn uniformly among those already in the catalog then.
+
+    A negative shares its positive's user, session and time (so it joins the
+    same user and session features) and gets label 0, event_type "negative",
+    weight 1. An item equal to the positive one is replaced by its neighbour
+    in the catalog order; rows with fewer than two items available get none.
+
+    Args:
+        entities: labelled rows from :func:`training_entities`.
+        items: catalog (item_id, category, first_seen).
+        k: negatives per row.
+        seed: sampling seed.
+    """
+    if k == 0 or entities.empty:
+        return entities.iloc[0:0]
+    cat = items.sort_values([n.FIRST_SEEN, n.ITEM_ID]).reset_index(drop=True)
+    ids = cat[n.ITEM_ID].astype(object).to_numpy()
+    first = cat[n.FIRST_SEEN].astype("datetime64[us, UTC]").astype("int64").to_numpy()
+    when = entities[n.EVENT_TIMESTAMP].astype("datetime64[us, UTC]").astype("int64").to_numpy()
+    available = np.searchsorted(first, when, side="right")
+    rng = np.random.default_rng(seed)
+    rep = entities.loc[entities.index.repeat(k)].reset_index(drop=True)
+    avail = np.repeat(available, k)
+    pick = np.floor(rng.random(len(rep)) * np.maximum(avail, 1)).astype(np.int64)
+    clash = ids[pick] == rep[n.ITEM_ID].to_numpy()
+    pick[clash] = (pick[clash] + 1) % np.maximum(avail[clash], 1)
+    keep = avail >= 2
+    rep = rep[keep].copy()
+    rep[n.ITEM_ID] = ids[pick[keep]]
+    rep[n.CATEGORY_KEY] = cat[n.CATEGORY].astype(object).to_numpy()[pick[keep]]
+    rep[n.EVENT_ID] = rep[n.EVENT_ID] + "~neg" + (np.arange(len(keep))[keep] % k).astype(str)
+    rep[n.EVENT_TYPE] = n.NEGATIVE
+    rep[n.WEIGHT] = 1.0
+    rep[n.LABEL] = 0
+    return rep
+
+
 def join_point_in_time(store, entity_df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """Join every feature of JOINED_VIEWS as of each row's timestamp.
 
@@ -146,6 +187,9 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     entities = training_entities(events, config, cutoff, items)
     if entities.empty:
         raise ValueError(f"no labelled events before {cutoff:%Y-%m-%d}: check evaluation.split_date and objective.event_weights")
+    entities[n.LABEL] = 1
+    negatives = sample_negatives(entities, items, config.objective.negatives_per_positive, config.model.seed)
+    entities = pd.concat([entities, negatives], ignore_index=True)
     store = open_store(layout.feature_store)
     with step(STAGE, f"point-in-time join of {len(entities):,} entity rows (get_historical_features)", log) as s:
         train, fills = join_point_in_time(store, entities)

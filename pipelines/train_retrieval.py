@@ -106,6 +106,8 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     if not verdict.get("success"):
         raise RuntimeError(f"{layout.dataset / 'validation.json'}: the training set did not pass validation")
     train = pd.read_parquet(layout.dataset / "train.parquet")
+    if n.LABEL in train.columns:  # retrieval learns from labelled rows; its negatives are in-batch
+        train = train[train[n.LABEL] == 1].reset_index(drop=True)
     with step(STAGE, f"two-tower retrieval on {len(train):,} weighted examples, {config.model.epochs} epochs", log):
         model, history = fit(train, config, log)
     layout.model.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from cartwise.config import CartwiseConfig
+from feature_repo import names as n
 from pipelines.layout import Layout
 from pipelines.manifest import write_json
 from pipelines.progress import Log, default_log, step
@@ -31,7 +32,9 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     v = config.validation
     weights = config.objective.event_weights
     suite = training_set_suite(min_rows=v.min_rows, max_null_fraction=v.max_null_fraction,
-                               max_weight=v.max_weight, event_types=[k for k, w in weights.items() if w > 0])
+                               max_weight=v.max_weight,
+                               event_types=[k for k, w in weights.items() if w > 0]
+                               + ([n.NEGATIVE] if config.objective.negatives_per_positive else []))
     with step(STAGE, f"{len(suite.expectations)} expectations on {len(df):,} training rows", log) as s:
         verdict = run_suite(df, suite, "training_set")
         s["result"] = "PASS" if verdict["success"] else "FAIL"

@@ -180,3 +180,25 @@ def test_evaluate_bundle_on_a_later_file(trained_shop, tmp_path):
     assert m["file"]["input_rows"] == len(later) and not m["file"]["overlaps_bundle_data"]
     assert m["test_users"] == 60
     assert m["all_items"]["model"]["ndcg@10"] > m["all_items"]["popularity"]["ndcg@10"]
+
+
+def test_sampled_negatives_join_like_their_positive(trained_shop):
+    from pipelines.build_dataset import sample_negatives, train_cutoff, training_entities
+
+    cfg, events, items, _ = trained_shop
+    ent = training_entities(events, cfg, train_cutoff(cfg), items)
+    ent[n.LABEL] = 1
+    neg = sample_negatives(ent, items, k=3, seed=1)
+    first_seen = items[n.FIRST_SEEN].to_numpy()
+    available = np.array([(first_seen <= t).sum() for t in ent[n.EVENT_TIMESTAMP].to_numpy()])
+    assert len(neg) == 3 * (available >= 2).sum() and (available < 2).sum() < 5
+    assert (neg[n.LABEL] == 0).all() and (neg[n.EVENT_TYPE] == n.NEGATIVE).all() and (neg[n.WEIGHT] == 1.0).all()
+    pos = ent.set_index(n.EVENT_ID)
+    base = neg[n.EVENT_ID].str.split("~").str[0]
+    assert (neg[n.ITEM_ID].to_numpy() != pos.loc[base, n.ITEM_ID].to_numpy()).all()
+    assert (neg[n.USER_ID].to_numpy() == pos.loc[base, n.USER_ID].to_numpy()).all()
+    first = items.set_index(n.ITEM_ID)[n.FIRST_SEEN]
+    assert (first.loc[neg[n.ITEM_ID]].to_numpy() <= neg[n.EVENT_TIMESTAMP].to_numpy()).all()  # no future items
+    assert neg[n.EVENT_ID].is_unique
+    again = sample_negatives(ent, items, k=3, seed=1)
+    assert again[n.ITEM_ID].tolist() == neg[n.ITEM_ID].tolist()  # same seed, same sample
