@@ -33,6 +33,18 @@ session = Entity(name=n.SESSION_ENTITY, join_keys=[n.SESSION_ID], value_type=Val
 category = Entity(name=n.CATEGORY_ENTITY, join_keys=[n.CATEGORY_KEY], value_type=ValueType.STRING,
                   description="A product category.")
 
+def window_ttl(windows) -> timedelta:
+    """TTL of a windowed view: exact, not an approximation.
+
+    A row is written wherever a window's value changes, including the
+    midnight its last day leaves the longest window (value 0); so a row older
+    than the longest window + 1 day can only mean 0, which is also what a
+    missing value is filled with. The bound keeps Feast's point-in-time join
+    from pairing each entity row with the entity's whole history.
+    """
+    return timedelta(days=max(windows) + 1)
+
+
 #: A session's state is of no use an hour after its last event.
 SESSION_TTL = timedelta(hours=1)
 
@@ -93,7 +105,8 @@ def build(data_dir: Path) -> dict:
         description="Funnel counts, recency and tastes of a user.",
     )
     user_purchase_windows = FeatureView(
-        name=n.USER_WINDOWS_VIEW, entities=[user], ttl=SNAPSHOT_TTL, online=True, source=user_purchase_windows_source,
+        name=n.USER_WINDOWS_VIEW, entities=[user], ttl=window_ttl(n.WINDOWS_USER), online=True,
+        source=user_purchase_windows_source,
         schema=[Field(name=f, dtype=Int64 if "purchases" in f else Float64) for f in n.USER_WINDOW_FEATURES],
         description="Purchases and revenue over the last 7 / 30 / 90 days (a row wherever a window changes).",
     )
@@ -107,7 +120,8 @@ def build(data_dir: Path) -> dict:
         description="Cumulative sales statistics of an item as of the end of each day with sales.",
     )
     item_activity_windows = FeatureView(
-        name=n.ITEM_WINDOWS_VIEW, entities=[item], ttl=SNAPSHOT_TTL, online=True, source=item_activity_windows_source,
+        name=n.ITEM_WINDOWS_VIEW, entities=[item], ttl=window_ttl(n.WINDOWS_ITEM), online=True,
+        source=item_activity_windows_source,
         schema=[Field(name=f, dtype=Float64 if "conversion" in f else Int64) for f in n.ITEM_WINDOW_FEATURES],
         description="Purchases, add-to-carts and views over 7 and 30 days; smoothed conversion.",
     )

@@ -64,10 +64,10 @@ def text_embeddings(items: pd.DataFrame, dim: int = 16, min_df: int = 2, seed: i
     norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
     m = sparse.diags(1 / np.where(norms > 0, norms, 1)) @ m
     k = max(1, min(dim, min(m.shape) - 1))
-    if m.shape[0] * m.shape[1] <= 25_000_000:
+    if min(m.shape) <= k + 1:  # too small for the sparse solver
         u, s, _ = np.linalg.svd(m.toarray(), full_matrices=False)
         u, s = u[:, :k], s[:k]
-    else:
+    else:  # truncated: only k components, whatever the catalog size; a fixed start vector keeps it repeatable
         v0 = np.random.default_rng(seed).standard_normal(min(m.shape))
         u, s, _ = svds(m, k=k, v0=v0)
         order = np.argsort(-s)
