@@ -37,6 +37,32 @@ def _cumulative_distinct(df: pd.DataFrame, key: str, value: str) -> pd.DataFrame
     return per_day[[key, "valid_from", "cum"]]
 
 
+def _running_sales(p: pd.DataFrame, key: str, count: str, revenue: str, distinct: dict[str, str]) -> pd.DataFrame:
+    """Per `key` and day with purchases: running purchase lines, revenue and distinct counts.
+
+    Args:
+        p: purchase events.
+        key: entity column.
+        count, revenue: output names of the running line count and revenue.
+        distinct: output name -> column whose distinct non-null values are counted.
+
+    Returns:
+        key, valid_from (the next midnight), the outputs and `_days` (days with purchases so far).
+    """
+    p = p.assign(valid_from=_day_end(p[n.EVENT_TIMESTAMP]), _rev=p[n.QUANTITY] * p[n.UNIT_PRICE].fillna(0.0))
+    daily = (p.groupby([key, "valid_from"]).agg(_lines=(n.EVENT_TYPE, "size"), _rev=("_rev", "sum"))
+             .reset_index().sort_values([key, "valid_from"]))
+    g = daily.groupby(key)
+    daily[count] = g["_lines"].cumsum().astype("int64")
+    daily[revenue] = g["_rev"].cumsum().astype("float64")
+    daily["_days"] = (g.cumcount() + 1).astype("int64")
+    for col, value in distinct.items():
+        cum = _cumulative_distinct(p[p[value].notna()], key, value).rename(columns={"cum": col})
+        daily = daily.merge(cum, on=[key, "valid_from"], how="left")
+        daily[col] = daily.groupby(key)[col].ffill().fillna(0).astype("int64")
+    return daily
+
+
 def user_purchase_stats(events: pd.DataFrame) -> pd.DataFrame:
     """Cumulative purchase statistics per customer, one row per day with purchases.
 
@@ -46,26 +72,13 @@ def user_purchase_stats(events: pd.DataFrame) -> pd.DataFrame:
     Returns:
         Columns user_id, event_timestamp, created_timestamp and names.USER_FEATURES.
     """
-    p = events[(events[n.EVENT_TYPE] == n.PURCHASE) & events[n.USER_ID].notna()].copy()
+    p = events[(events[n.EVENT_TYPE] == n.PURCHASE) & events[n.USER_ID].notna()]
     cols = [n.USER_ID, n.EVENT_TIMESTAMP, n.CREATED_TIMESTAMP, *n.USER_FEATURES]
     if p.empty:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in cols})
-    p["valid_from"] = _day_end(p[n.EVENT_TIMESTAMP])
-    p["revenue"] = p[n.QUANTITY] * p[n.UNIT_PRICE].fillna(0.0)
-    daily = (
-        p.groupby([n.USER_ID, "valid_from"])
-        .agg(lines=(n.ITEM_ID, "size"), revenue=("revenue", "sum"))
-        .reset_index()
-        .sort_values([n.USER_ID, "valid_from"])
-    )
-    g = daily.groupby(n.USER_ID)
-    daily[n.USER_PURCHASE_COUNT] = g["lines"].cumsum().astype("int64")
-    daily[n.USER_REVENUE] = g["revenue"].cumsum().astype("float64")
-    daily[n.USER_DAYS_ACTIVE] = (g.cumcount() + 1).astype("int64")
-    for col, value in ((n.USER_ORDER_COUNT, n.SESSION_ID), (n.USER_DISTINCT_ITEMS, n.ITEM_ID)):
-        cum = _cumulative_distinct(p, n.USER_ID, value).rename(columns={"cum": col})
-        daily = daily.merge(cum, on=[n.USER_ID, "valid_from"], how="left")
-        daily[col] = daily.groupby(n.USER_ID)[col].ffill().fillna(0).astype("int64")
+    daily = _running_sales(p, n.USER_ID, n.USER_PURCHASE_COUNT, n.USER_REVENUE,
+                           {n.USER_ORDER_COUNT: n.SESSION_ID, n.USER_DISTINCT_ITEMS: n.ITEM_ID})
+    daily[n.USER_DAYS_ACTIVE] = daily["_days"]
     orders = daily[n.USER_ORDER_COUNT].where(daily[n.USER_ORDER_COUNT] > 0, 1)
     daily[n.USER_AVG_ORDER_VALUE] = (daily[n.USER_REVENUE] / orders).astype("float64")
     daily = daily.rename(columns={"valid_from": n.EVENT_TIMESTAMP})
@@ -81,24 +94,11 @@ def item_purchase_stats(events: pd.DataFrame) -> pd.DataFrame:
     Returns:
         Columns item_id, event_timestamp, created_timestamp and names.ITEM_FEATURES.
     """
-    p = events[events[n.EVENT_TYPE] == n.PURCHASE].copy()
+    p = events[events[n.EVENT_TYPE] == n.PURCHASE]
     cols = [n.ITEM_ID, n.EVENT_TIMESTAMP, n.CREATED_TIMESTAMP, *n.ITEM_FEATURES]
     if p.empty:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in cols})
-    p["valid_from"] = _day_end(p[n.EVENT_TIMESTAMP])
-    p["revenue"] = p[n.QUANTITY] * p[n.UNIT_PRICE].fillna(0.0)
-    daily = (
-        p.groupby([n.ITEM_ID, "valid_from"])
-        .agg(lines=(n.USER_ID, "size"), revenue=("revenue", "sum"))
-        .reset_index()
-        .sort_values([n.ITEM_ID, "valid_from"])
-    )
-    g = daily.groupby(n.ITEM_ID)
-    daily[n.ITEM_PURCHASE_COUNT] = g["lines"].cumsum().astype("int64")
-    daily[n.ITEM_REVENUE] = g["revenue"].cumsum().astype("float64")
-    buyers = _cumulative_distinct(p[p[n.USER_ID].notna()], n.ITEM_ID, n.USER_ID)
-    daily = daily.merge(buyers.rename(columns={"cum": n.ITEM_BUYER_COUNT}), on=[n.ITEM_ID, "valid_from"], how="left")
-    daily[n.ITEM_BUYER_COUNT] = daily.groupby(n.ITEM_ID)[n.ITEM_BUYER_COUNT].ffill().fillna(0).astype("int64")
+    daily = _running_sales(p, n.ITEM_ID, n.ITEM_PURCHASE_COUNT, n.ITEM_REVENUE, {n.ITEM_BUYER_COUNT: n.USER_ID})
     daily = daily.rename(columns={"valid_from": n.EVENT_TIMESTAMP})
     return _stamp(daily)[cols].reset_index(drop=True)
 
