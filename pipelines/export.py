@@ -1,15 +1,26 @@
-"""Export a versioned serving bundle, only from a validated training set.
+"""Export a versioned serving bundle, only from validated, undrifted data.
 
 Where it sits: validate_dataset (passing verdict) + train_retrieval +
-evaluate -> **export** -> `<work_dir>/bundles/<version>/` and the `CURRENT`
-pointer that serving reads (layout and loaders in `cartwise/bundle.py`).
+evaluate -> **drift gate** (validation/gate.py, against the CURRENT bundle's
+reference) -> **export** -> `<work_dir>/bundles/<version>/` and the `CURRENT`
+pointer that serving reads and hot-swaps (layout and loaders in
+`cartwise/bundle.py`). `pipelines/update_index.py` reuses the bundle writer
+to publish a new index without retraining.
 
-The bundle holds both towers (SavedModel), the item table and embeddings of
-the whole catalog as of the data's end, the ScaNN index over them (pybind
-serialization), the popularity fallback, the purchase history used for
-"exclude purchased", the validation verdict, the metrics, the config and a
-manifest with the sha256 of every file. It is written to a staging directory,
-renamed into place, and only then does `CURRENT` move (atomic rename).
+The bundle holds both towers (SavedModel), the item table, candidate-tower
+inputs and embeddings of the whole catalog as of the data's end, the ScaNN
+index over them (pybind serialization), golden queries, the popularity
+fallback, the purchase history used for "exclude purchased", the validation
+and drift verdicts, the reference profiles of the data it was built from
+(the next export's drift reference), the metrics, the config, library
+versions and a manifest with the sha256 of every file.
+
+Crash safety (checked by killing export at each of :data:`CRASH_POINTS`):
+everything is written and fsynced in `.staging-*`, verified and loaded back
+(golden queries replayed) before a rename publishes it; CURRENT then moves by
+an fsynced temp file renamed over it; HISTORY records the publication. The
+next export removes what a crash left behind: staging directories, temp
+files, and bundles that were renamed into place but never made CURRENT.
 """
 from __future__ import annotations
 
@@ -35,14 +46,21 @@ from pipelines.layout import Layout
 from pipelines.manifest import read_json, write_json
 from pipelines.progress import Log, default_log, step
 from pipelines.train_retrieval import CANDIDATE_FLOATS, CANDIDATE_STRINGS, QUERY_FLOATS, QUERY_STRINGS, tensors
+from validation import drift, gate, report
+from validation.suites import FEATURE_TABLES, feature_table_suite, run_suite, training_set_suite
 
 STAGE = "export"
 GOLDEN_QUERIES = 200
-LIBRARIES = ("tensorflow", "tf-keras", "tensorflow-recommenders", "scann", "feast", "great-expectations", "pandas", "numpy")
+GOLDEN_K = 10
+LIBRARIES = ("tensorflow", "tf-keras", "tensorflow-recommenders", "scann", "feast", "great-expectations", "pandas",
+             "numpy")
+#: Where `CARTWISE_CRASH_AT=<point>` kills export (tests/pipelines/test_export_crash.py), in execution order.
+CRASH_POINTS = ("staging_created", "towers_copied", "index_serialized", "tables_written", "manifest_written",
+                "verified", "renamed", "current_tmp_written", "current_replaced", "history_written")
 
 
 class ExportRefused(RuntimeError):
-    """Export preconditions failed (no passing validation, index recall too low)."""
+    """Export preconditions failed (no passing validation, drift gate blocked, index recall too low)."""
 
 
 def _versions() -> dict[str, str]:
@@ -55,24 +73,225 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _publish(staging: Path, bundles: Path, version: str) -> Path:
+# --- orphans and publication ---------------------------------------------------------
+
+
+def cleanup_orphans(bundles: Path, log: Log = default_log) -> list[str]:
+    """Remove what an interrupted export left behind and repair HISTORY.
+
+    Orphans are staging directories, temp pointer files, and bundle
+    directories that were renamed into place but never became CURRENT (not in
+    HISTORY). A CURRENT that is missing from HISTORY (crash between moving
+    CURRENT and recording it) is appended, never removed.
+
+    Returns:
+        Names removed.
+    """
+    bundles.mkdir(parents=True, exist_ok=True)
+    removed = []
+    for p in sorted(bundles.iterdir()):
+        if p.name.startswith(".staging-") or (p.name.startswith(".") and p.name.endswith(".tmp")):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p.name)
+    cur = b.current_version(bundles)
+    if not (bundles / b.PUBLISHED).is_file():
+        # bundles published before HISTORY existed: keep them, in version (= time) order
+        legacy = sorted(p.name for p in bundles.iterdir() if p.is_dir() and not p.name.startswith(".")
+                        and (p / b.MANIFEST).is_file())
+        b.write_atomic(bundles / b.PUBLISHED, "".join(v + "\n" for v in legacy))
+    hist = b.read_history(bundles)
+    if cur and cur not in hist and (bundles / cur).is_dir():
+        b.record_published(bundles, cur)
+        hist.append(cur)
+    for p in sorted(bundles.iterdir()):
+        if p.is_dir() and not p.name.startswith(".") and p.name not in hist and p.name != cur:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    if removed:
+        b.fsync_dir(bundles)
+        log(f"[{STAGE}] removed orphans of an interrupted export: {', '.join(removed)}")
+    return removed
+
+
+def new_staging(bundles: Path) -> tuple[Path, str]:
+    """A fresh staging directory and the time stamp of the version it will become."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    staging = bundles / f".staging-{stamp}-{os.getpid()}"
+    staging.mkdir(parents=True)
+    return staging, stamp
+
+
+def publish(staging: Path, bundles: Path, stamp: str, manifest: dict, log: Log = default_log) -> dict:
+    """Hash, verify, load-check and atomically publish a complete staging directory.
+
+    Args:
+        staging: every bundle file except the manifest is written.
+        bundles: the bundles directory.
+        stamp: version time stamp from :func:`new_staging`.
+        manifest: manifest fields (version and files are added here).
+
+    Returns:
+        The written manifest.
+
+    Raises:
+        BundleError: the staged bundle does not verify or does not load and
+            reproduce its golden queries; nothing is published.
+    """
+    files = b.file_hashes(staging)
+    version = f"v{stamp}-{hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:8]}"
+    manifest = {"version": version, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                **manifest, "libraries": _versions(), "files": files}
+    write_json(staging / b.MANIFEST, manifest)
+    b.crash_point("manifest_written")
+    b.fsync_tree(staging)
+    with step(STAGE, "verify the staged bundle (sha256, load, golden queries)", log) as s:
+        loaded = b.load_bundle(staging)  # verify() + towers + index + golden replay
+        s["result"] = f"{len(manifest['files'])} files, version {loaded.version}"
+    b.crash_point("verified")
     final = bundles / version
     os.replace(staging, final)
-    tmp = bundles / f".{b.CURRENT}.tmp"
-    tmp.write_text(version + "\n")
-    os.replace(tmp, bundles / b.CURRENT)
-    return final
+    b.fsync_dir(bundles)
+    b.crash_point("renamed")
+    b.point_current(bundles, version, crash_after_tmp="current_tmp_written")
+    b.crash_point("current_replaced")
+    b.record_published(bundles, version)
+    b.crash_point("history_written")
+    log(f"[{STAGE}] published {final} (CURRENT -> {version})")
+    return manifest
+
+
+# --- bundle parts --------------------------------------------------------------------
+
+
+def write_index(staging: Path, frame: pd.DataFrame, emb: np.ndarray, config: CartwiseConfig) -> tuple[object, dict]:
+    """Serialize the ScaNN index over `emb` and the embeddings and candidate inputs beside it.
+
+    Returns:
+        (searcher, index params).
+    """
+    searcher, params = build_searcher(emb, config.retrieval.index, k=config.retrieval.k)
+    (staging / b.INDEX_DIR).mkdir(parents=True, exist_ok=True)
+    searcher.serialize(str(staging / b.INDEX_DIR), relative_path=True)
+    np.save(staging / b.EMBEDDINGS, emb.astype(np.float32), allow_pickle=False)
+    cols = [n.ITEM_ID, *[c for c in CANDIDATE_STRINGS if c != n.ITEM_ID], *CANDIDATE_FLOATS]
+    frame[cols].astype({n.ITEM_ID: str}).to_parquet(staging / b.ITEM_FEATURES, index=False)
+    return searcher, params
+
+
+def write_golden(staging: Path, store, users: list[str], as_of: pd.Timestamp, searcher, emb: np.ndarray,
+                 min_recall: float, log: Log) -> float:
+    """Embed the golden users, check index recall against brute force, store them for load-time replay.
+
+    Returns:
+        recall@10 of the index against exact search on the golden queries.
+    """
+    g = staging / b.GOLDEN_DIR
+    g.mkdir(parents=True, exist_ok=True)
+    with step(STAGE, f"index recall@{GOLDEN_K} vs brute force on {len(users)} golden queries", log) as s:
+        if users:
+            inputs = user_features_as_of(store, users, as_of)
+            inputs = inputs[[*QUERY_STRINGS, *QUERY_FLOATS]].astype({c: str for c in QUERY_STRINGS})
+            q = b.load_tower(staging / b.QUERY_TOWER)(tensors(inputs, QUERY_STRINGS, QUERY_FLOATS))
+            recall = recall_vs_brute_force(searcher, emb, q, k=GOLDEN_K)
+        else:
+            inputs = pd.DataFrame({c: pd.Series(dtype=str if c in QUERY_STRINGS else "float32")
+                                   for c in [*QUERY_STRINGS, *QUERY_FLOATS]})
+            q = np.zeros((0, emb.shape[1]), np.float32)
+            recall = 1.0
+        s["result"] = f"{recall:.3f}"
+    inputs.to_parquet(g / b.GOLDEN_INPUTS, index=False)
+    np.save(g / b.GOLDEN_QUERIES, q.astype(np.float32), allow_pickle=False)
+    (g / b.GOLDEN_EXPECTED).write_text(json.dumps({"k": GOLDEN_K, "min_recall": min_recall, "strings": QUERY_STRINGS,
+                                                   "floats": QUERY_FLOATS, "users": users}))
+    return recall
+
+
+def golden_users(history: pd.DataFrame) -> list[str]:
+    """The most active buyers: their queries exercise the index where it matters most."""
+    return (history.groupby(n.USER_ID)["purchases"].sum().sort_values(ascending=False, kind="stable")
+            .head(GOLDEN_QUERIES).index.astype(str).tolist())
+
+
+# --- the drift gate ------------------------------------------------------------------
+
+
+def blessed_reference(bundles: Path) -> tuple[dict[str, dict], str | None]:
+    """Reference profiles stored in the CURRENT bundle (what the last successful export was built from).
+
+    Returns:
+        ({dataset: profile}, version) or ({}, None) before the first gated export.
+
+    Raises:
+        BundleError: CURRENT names a bundle that fails verification (fail closed).
+    """
+    version = b.current_version(bundles)
+    if version is None or not (bundles / version).is_dir():
+        return {}, None
+    root = bundles / version
+    b.verify(root)
+    ref_dir = root / b.REFERENCE_DIR
+    if not ref_dir.is_dir():
+        return {}, version
+    return {p.stem: json.loads(p.read_text()) for p in sorted(ref_dir.glob("*.json"))}, version
+
+
+def run_gate(config: CartwiseConfig, layout: Layout, events: pd.DataFrame, items: pd.DataFrame,
+             train: pd.DataFrame, log: Log = default_log) -> tuple[dict, dict[str, dict]]:
+    """Gate the event log, the training set and the feature tables before export.
+
+    Returns:
+        (combined verdict, profiles of this export's data to store as the next reference).
+    """
+    v = config.validation
+    th, over = v.drift.thresholds(), v.drift.features
+    refs, ref_version = blessed_reference(layout.bundles)
+    frames = {gate.EVENT_LOG: gate.event_log_frame(events, items), gate.TRAINING_SET: train}
+    static = {gate.EVENT_LOG: None,
+              gate.TRAINING_SET: training_set_suite(
+                  min_rows=v.min_rows, max_null_fraction=v.max_null_fraction, max_weight=v.max_weight,
+                  event_types=[k for k, w in config.objective.event_weights.items() if w > 0])}
+    verdicts = []
+    with step(STAGE, "drift gate: event log, training set, feature tables vs the blessed reference "
+              f"({ref_version or 'none yet'})", log) as s:
+        for name, df in frames.items():
+            ref = refs.get(name)
+            if ref is not None:
+                ref = {**ref, "bundle": ref_version}
+            verdicts.append(gate.evaluate(df, name, reference=ref, thresholds=th, overrides=over,
+                                          min_rows=v.min_rows if name == gate.TRAINING_SET else 1,
+                                          suite=static[name]))
+        for table in FEATURE_TABLES:
+            path = layout.feature_store / "data" / f"{table}.parquet"
+            df = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+            ge = run_suite(df, feature_table_suite(table), f"feature_table_{table}")
+            failures = [{"feature": f["column"] or "<table>", "statistic": f["expectation"],
+                         "value": f.get("error") or f["observed"], "threshold": None, "source": "expectation"}
+                        for f in ge["failures"]]
+            status = gate.ERROR if ge.get("error") and not df.empty else (gate.BLOCKED if failures or df.empty
+                                                                          else gate.PASS)
+            verdicts.append({"dataset": f"feature_table_{table}", "rows": len(df), "status": status,
+                             "success": status == gate.PASS, "failures": failures, "expectations": ge,
+                             "error": ge.get("error"), "reference": None, "drift": None})
+        verdict = gate.combine(verdicts, reference_bundle=ref_version)
+        s["result"] = verdict["status"].upper()
+    profiles = {name: drift.profile(df, name) for name, df in frames.items()}
+    return verdict, profiles
+
+
+# --- run -----------------------------------------------------------------------------
 
 
 def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
-    """Build, verify and publish a bundle.
+    """Gate, build, verify and publish a bundle.
 
     Returns:
         The bundle manifest.
 
     Raises:
-        ExportRefused: the training set's verdict is missing or failing, or the
-            index recall on golden queries is below `retrieval.index.min_recall`.
+        ExportRefused: the training set's verdict is missing or failing, the
+            drift gate blocked (the verdict JSON and HTML name each failing
+            feature and statistic), or the index recall on golden queries is
+            below `retrieval.index.min_recall`.
     """
     layout = Layout(config.work_dir)
     verdict_path = layout.dataset / "validation.json"
@@ -80,76 +299,71 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
         raise ExportRefused(f"{verdict_path}: no passing validation verdict; export needs one")
     events = pd.read_parquet(layout.ingest / "events.parquet")
     items = pd.read_parquet(layout.ingest / "items.parquet")
+    train = pd.read_parquet(layout.dataset / "train.parquet")
+    bundles = layout.bundles
+    cleanup_orphans(bundles, log)
+
+    gate_verdict, profiles = run_gate(config, layout, events, items, train, log)
+    gate_json = layout.root / "validation" / "export_gate.json"
+    gate_html = report.write(gate_verdict, gate_json, title="cartwise export gate")
+    if not gate_verdict["success"]:
+        raise ExportRefused(f"drift gate {gate_verdict['status']} (verdict {gate_json}, report {gate_html}):\n"
+                            + "\n".join(gate.summary_lines(gate_verdict)))
+
     as_of = pd.Timestamp(events[n.EVENT_TIMESTAMP].max()).floor("D") + pd.Timedelta(days=1)
     store = open_store(layout.feature_store)
+    staging, stamp = new_staging(bundles)
+    b.crash_point("staging_created")
+    try:
+        for tower in (b.QUERY_TOWER, b.CANDIDATE_TOWER):
+            shutil.copytree(layout.model / tower, staging / tower)
+        b.crash_point("towers_copied")
+        ids = items[n.ITEM_ID].astype(str).tolist()
+        with step(STAGE, f"embed the catalog ({len(ids):,} items) as of {as_of:%Y-%m-%d} and build the ScaNN index",
+                  log) as s:
+            frame = item_features_as_of(store, ids, as_of)
+            emb = b.load_tower(staging / b.CANDIDATE_TOWER)(tensors(frame, CANDIDATE_STRINGS, CANDIDATE_FLOATS))
+            searcher, params = write_index(staging, frame, emb, config)
+            s["result"] = f"{params['type']}"
+        b.crash_point("index_serialized")
 
-    bundles = layout.bundles
-    bundles.mkdir(parents=True, exist_ok=True)
-    for orphan in bundles.glob(".staging-*"):
-        shutil.rmtree(orphan, ignore_errors=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    staging = bundles / f".staging-{stamp}"
-    staging.mkdir()
+        purchases = events[events[n.EVENT_TYPE] == n.PURCHASE]
+        history = purchase_history(purchases)
+        users = golden_users(history)
+        min_recall = config.retrieval.index.min_recall
+        recall = write_golden(staging, store, users, as_of, searcher, emb, min_recall, log)
+        if recall < min_recall:
+            raise ExportRefused(f"index recall@10 {recall:.3f} < retrieval.index.min_recall {min_recall}; "
+                                "raise num_leaves_to_search or reorder")
 
-    for tower in (b.QUERY_TOWER, b.CANDIDATE_TOWER):
-        shutil.copytree(layout.model / tower, staging / tower)
-    ids = items[n.ITEM_ID].astype(str).tolist()
-    with step(STAGE, f"embed the catalog ({len(ids):,} items) as of {as_of:%Y-%m-%d} and build the ScaNN index", log) as s:
-        frame = item_features_as_of(store, ids, as_of)
-        emb = b.load_tower(staging / b.CANDIDATE_TOWER)(tensors(frame, CANDIDATE_STRINGS, CANDIDATE_FLOATS))
-        searcher, params = build_searcher(emb, config.retrieval.index, k=config.retrieval.k)
-        searcher.serialize(str(_mkdir(staging / b.INDEX_DIR)), relative_path=True)
-        np.save(staging / b.EMBEDDINGS, emb.astype(np.float32), allow_pickle=False)
-        s["result"] = f"{params['type']}"
+        table = frame[[n.ITEM_ID, n.CATEGORY, n.PRICE]].merge(
+            items[[n.ITEM_ID, n.TITLE]].astype({n.ITEM_ID: str}), on=n.ITEM_ID, how="left")
+        table.to_parquet(staging / b.ITEMS, index=False)
+        (staging / b.POPULAR).write_text(json.dumps(popular_items(purchases, as_of, config.evaluation.popularity_days)))
+        history.to_parquet(staging / b.HISTORY, index=False)
+        for src, name in ((verdict_path, "validation.json"), (layout.evaluation / "metrics.json", "metrics.json"),
+                          (layout.model / "training_summary.json", "training_summary.json"),
+                          (gate_json, "drift.json"), (gate_html, "drift.html")):
+            if src.is_file():
+                shutil.copy2(src, staging / name)
+        (staging / b.REFERENCE_DIR).mkdir()
+        for name, prof in profiles.items():
+            (staging / b.REFERENCE_DIR / f"{name}.json").write_text(json.dumps(prof, sort_keys=True))
+        write_json(staging / "config.json", config.model_dump(mode="json"))
+        b.crash_point("tables_written")
 
-    purchases = events[events[n.EVENT_TYPE] == n.PURCHASE]
-    history = purchase_history(purchases)
-    golden_users = (history.groupby(n.USER_ID)["purchases"].sum().sort_values(ascending=False)
-                    .head(GOLDEN_QUERIES).index.tolist())
-    with step(STAGE, f"index recall@10 vs brute force on {len(golden_users)} golden queries", log) as s:
-        if golden_users:
-            q = b.load_tower(staging / b.QUERY_TOWER)(tensors(user_features_as_of(store, golden_users, as_of),
-                                                              QUERY_STRINGS, QUERY_FLOATS))
-            recall = recall_vs_brute_force(searcher, emb, q, k=10)
-        else:
-            recall = 1.0
-        s["result"] = f"{recall:.3f}"
-    if recall < config.retrieval.index.min_recall:
-        shutil.rmtree(staging)
-        raise ExportRefused(f"index recall@10 {recall:.3f} < retrieval.index.min_recall "
-                            f"{config.retrieval.index.min_recall}; raise num_leaves_to_search or reorder")
-
-    table = frame[[n.ITEM_ID, n.CATEGORY, n.PRICE]].merge(items[[n.ITEM_ID, n.TITLE]].astype({n.ITEM_ID: str}),
-                                                          on=n.ITEM_ID, how="left")
-    table.to_parquet(staging / b.ITEMS, index=False)
-    (staging / b.POPULAR).write_text(json.dumps(popular_items(purchases, as_of, config.evaluation.popularity_days)))
-    history.to_parquet(staging / b.HISTORY, index=False)
-    for src, name in ((verdict_path, "validation.json"), (layout.evaluation / "metrics.json", "metrics.json"),
-                      (layout.model / "training_summary.json", "training_summary.json")):
-        if src.is_file():
-            shutil.copy2(src, staging / name)
-    write_json(staging / "config.json", config.model_dump(mode="json"))
-
-    files = b.file_hashes(staging)
-    version = f"v{stamp}-{hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:8]}"
-    manifest = {
-        "version": version,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "as_of": as_of.isoformat(),
-        "feature_store": str(layout.feature_store),
-        "feature_services": {"query": n.RETRIEVAL_QUERY_SERVICE, "candidate": n.RETRIEVAL_CANDIDATE_SERVICE},
-        "query_inputs": {"strings": QUERY_STRINGS, "floats": QUERY_FLOATS},
-        "index": {**params, "recall_at_10_vs_brute_force": recall, "golden_queries": len(golden_users)},
-        "libraries": _versions(),
-        "files": files,
-    }
-    write_json(staging / b.MANIFEST, manifest)
-    b.verify(staging)
-    final = _publish(staging, bundles, version)
-    log(f"[{STAGE}] published {final} (CURRENT -> {version})")
+        manifest = publish(staging, bundles, stamp, {
+            "as_of": as_of.isoformat(),
+            "feature_store": str(layout.feature_store),
+            "feature_services": {"query": n.RETRIEVAL_QUERY_SERVICE, "candidate": n.RETRIEVAL_CANDIDATE_SERVICE},
+            "query_inputs": {"strings": QUERY_STRINGS, "floats": QUERY_FLOATS},
+            "candidate_inputs": {"strings": CANDIDATE_STRINGS, "floats": CANDIDATE_FLOATS},
+            "index": {**params, "recall_at_10_vs_brute_force": recall, "golden_queries": len(users)},
+            "golden": {"queries": len(users), "k": GOLDEN_K, "min_recall": min_recall},
+            "validation": {"status": gate_verdict["status"], "reference_bundle": gate_verdict["reference_bundle"]},
+        }, log)
+    except BaseException:
+        # a refused or failed export leaves nothing behind (a SIGKILL leaves staging, removed next time)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return manifest
-
-
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p

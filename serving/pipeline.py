@@ -55,12 +55,29 @@ class Recommender:
         h = bundle.history
         self.purchased = {u: set(g["item_id"].astype(str)) for u, g in h.groupby("user_id")}
         self.n_items = len(bundle.item_ids)
+        # per bundle, so a hot-swapped bundle answers with its own catalog's titles and categories
+        items = bundle.items.set_index("item_id")
+        self.titles = items["title"].astype(object).where(items["title"].notna(), None).to_dict()
+        self.categories = items["category"].astype(object).to_dict()
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
 
     @classmethod
-    def from_bundle_dir(cls, root: Path) -> "Recommender":
-        """Load and verify a bundle and connect to the feature store named in its manifest."""
+    def from_bundle_dir(cls, root: Path, features: OnlineUserFeatures | None = None) -> "Recommender":
+        """Load and verify a bundle (sha256, golden queries) and connect to its feature store.
+
+        Args:
+            root: the bundle directory.
+            features: an open online-store reader to reuse when it reads the
+                bundle's store and service (hot swaps keep the connection).
+        """
         bundle = load_bundle(root)
-        features = OnlineUserFeatures(Path(bundle.manifest["feature_store"]), bundle.manifest["feature_services"]["query"])
+        store, service = Path(bundle.manifest["feature_store"]), bundle.manifest["feature_services"]["query"]
+        if features is None or getattr(features, "key", None) != (str(store), service):
+            features = OnlineUserFeatures(store, service)
+            features.key = (str(store), service)
         return cls(bundle, features)
 
     def _popular(self, k: int, excluded: set[str]) -> list[Recommended]:

@@ -1,0 +1,128 @@
+"""The export gate, `cartwise validate --candidate` and `cartwise index update` on real parts.
+
+Each test works on a copy of the session's trained synthetic shop (real
+Feast repo, GE, TF towers, ScaNN), whose CURRENT bundle carries the reference
+profiles of the data it was built from.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cartwise import bundle as b
+from cartwise.cli import main
+from feature_repo import names as n
+from pipelines import build_features, export, update_index
+from tests.conftest import quiet
+from tests.shop_copy import copy_shop
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def shop(trained_shop, tmp_path):
+    cfg, *_ = trained_shop
+    return copy_shop(cfg, tmp_path)
+
+
+def test_first_export_blessed_a_reference_and_the_bundle_is_complete(trained_shop):
+    cfg, *_ = trained_shop
+    root = b.current_bundle(cfg.work_dir / "bundles")
+    m = b.verify(root)
+    assert {"event_log.json", "training_set.json"} <= {p.name for p in (root / b.REFERENCE_DIR).iterdir()}
+    assert m["validation"] == {"status": "pass", "reference_bundle": None}  # nothing to compare with yet
+    assert {"drift.json", "drift.html", "validation.json", "metrics.json", "config.json", b.ITEM_FEATURES} <= set(
+        p.name for p in root.iterdir())
+    assert m["golden"]["queries"] > 0 and set(m["libraries"]) >= {"tensorflow", "scann", "great-expectations"}
+    assert b.read_history(cfg.work_dir / "bundles")[-1] == root.name
+
+
+def test_drifted_training_set_blocks_export_and_names_feature_and_statistic(shop):
+    cfg, _ = shop
+    bundles = cfg.work_dir / "bundles"
+    before = sorted(p.name for p in bundles.iterdir())
+    train_path = cfg.work_dir / "dataset" / "train.parquet"
+    train = pd.read_parquet(train_path)
+    train[n.PRICE] = train[n.PRICE] * 1.5
+    train.to_parquet(train_path, index=False)
+    with pytest.raises(export.ExportRefused, match=r"training_set\.price: (psi|ks)") as e:
+        export.run(cfg, log=quiet)
+    assert "blocked" in str(e.value)
+    assert sorted(p.name for p in bundles.iterdir()) == before  # nothing published, nothing left behind
+    verdict = json.loads((cfg.work_dir / "validation" / "export_gate.json").read_text())
+    assert verdict["status"] == "blocked" and verdict["reference_bundle"] == b.current_version(bundles)
+    assert {(f["dataset"], f["feature"]) for f in verdict["failures"]} == {("training_set", n.PRICE)}
+    assert "training_set" in (cfg.work_dir / "validation" / "export_gate.html").read_text()
+
+
+def test_validate_candidate_exit_codes(shop, tmp_path, capsys):
+    cfg, path = shop
+    d = tmp_path / "cand"
+    d.mkdir()
+    events = pd.read_parquet(cfg.work_dir / "ingest" / "events.parquet")
+    pd.read_parquet(cfg.work_dir / "ingest" / "items.parquet").to_parquet(d / "items.parquet", index=False)
+    events.to_parquet(d / "same.parquet", index=False)
+    out = tmp_path / "verdict.json"
+    args = ["validate", "--config", str(path), "--adapter", "canonical", "--out", str(out), "--candidate"]
+    assert main([*args, str(d / "same.parquet")]) == 0
+    assert json.loads(out.read_text())["status"] == "pass"
+    shifted = events.assign(**{n.UNIT_PRICE: events[n.UNIT_PRICE] * 1.5})
+    shifted.to_parquet(d / "shifted.parquet", index=False)
+    assert main([*args, str(d / "shifted.parquet")]) == 1
+    v = json.loads(out.read_text())
+    assert v["status"] == "blocked" and (n.UNIT_PRICE, "ks") in {(f["feature"], f["statistic"]) for f in v["failures"]}
+    assert out.with_suffix(".html").is_file()
+    events.drop(columns=[n.QUANTITY]).to_parquet(d / "broken.parquet", index=False)
+    assert main([*args, str(d / "broken.parquet")]) == 2
+    assert json.loads(out.read_text())["status"] == "error"
+    assert "quantity" in capsys.readouterr().err
+
+
+def test_index_update_adds_new_items_without_retraining(shop):
+    cfg, _ = shop
+    bundles = cfg.work_dir / "bundles"
+    parent = b.current_bundle(bundles)
+    pm = b.verify(parent)
+    items_path = cfg.work_dir / "ingest" / "items.parquet"
+    items = pd.read_parquet(items_path)
+    new = items.head(3).copy()
+    new[n.ITEM_ID] = ["NEW001", "NEW002", "NEW003"]
+    new[n.TITLE] = ["NEW THING A", "NEW THING B", "NEW THING C"]
+    new[n.PRICE] = [2.0, 5.0, 9.0]
+    pd.concat([items, new], ignore_index=True).astype(items.dtypes.to_dict()).to_parquet(items_path, index=False)
+    # the new products' content features reach Feast; a fresh registry and online store, because the copied
+    # registry's sources still point at the original shop's tables
+    for f in ("registry.db", "online_store.db"):
+        (cfg.work_dir / "feature_store" / "data" / f).unlink(missing_ok=True)
+    build_features.run(cfg, log=quiet)
+
+    t0 = time.perf_counter()
+    m = update_index.run(cfg, log=quiet)
+    seconds = time.perf_counter() - t0
+    u = m["index_update"]
+    assert u["parent"] == parent.name and u["new"] == 3 and u["removed"] == 0
+    assert u["embedded"] == u["new"] + u["changed"] and u["reused"] == len(items) - u["changed"]
+    assert b.current_version(bundles) == m["version"] and b.read_history(bundles)[-2:] == [parent.name, m["version"]]
+    child = bundles / m["version"]
+    # no retraining: the towers are the parent's, byte for byte
+    for rel, digest in pm["files"].items():
+        if rel.startswith((b.QUERY_TOWER, b.CANDIDATE_TOWER)):
+            assert m["files"][rel] == digest, rel
+    loaded = b.load_bundle(child)
+    assert set(new[n.ITEM_ID]) <= set(loaded.item_ids) and m["index"]["items"] == len(items) + 3
+    old_emb, new_emb = np.load(parent / b.EMBEDDINGS), np.load(child / b.EMBEDDINGS)
+    old_ids = list(pd.read_parquet(parent / b.ITEMS)[n.ITEM_ID])
+    row = {i: k for k, i in enumerate(loaded.item_ids)}
+    unchanged = [i for i in old_ids if i not in set(u["changed_items"])]
+    assert np.array_equal(new_emb[[row[i] for i in unchanged]], old_emb[[old_ids.index(i) for i in unchanged]])
+    # the new items are retrievable: searching with a new item's own direction (scaled) finds it among the top 5
+    for item in new[n.ITEM_ID]:
+        vec = new_emb[row[item]]
+        got, _ = loaded.searcher.search(vec, final_num_neighbors=5)
+        exact = np.argsort(-(new_emb @ vec))[:5]
+        assert set(got.tolist()) == set(exact.tolist())
+    assert seconds < 120, seconds
