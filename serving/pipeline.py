@@ -11,6 +11,9 @@ any online-store failure, gets the popularity list, with a flag saying why.
 """
 from __future__ import annotations
 
+import datetime as dt
+import json
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +40,13 @@ class Recommendation:
     items: list[Recommended]
     bundle_version: str
     flags: list[str] = field(default_factory=list)
+
+
+def _max_ages(root: Path) -> dict[str, dt.timedelta]:
+    """`features.max_age_hours` of the config the bundle was exported with (staleness limits per view)."""
+    path = root / "config.json"
+    hours = json.loads(path.read_text()).get("features", {}).get("max_age_hours", {}) if path.is_file() else {}
+    return {view: dt.timedelta(hours=h) for view, h in hours.items()}
 
 
 class Recommender:
@@ -76,7 +86,7 @@ class Recommender:
         bundle = load_bundle(root)
         store, service = Path(bundle.manifest["feature_store"]), bundle.manifest["feature_services"]["query"]
         if features is None or getattr(features, "key", None) != (str(store), service):
-            features = OnlineUserFeatures(store, service)
+            features = OnlineUserFeatures(store, service, max_age=_max_ages(root))
             features.key = (str(store), service)
         return cls(bundle, features)
 

@@ -202,3 +202,18 @@ def test_sampled_negatives_join_like_their_positive(trained_shop):
     assert neg[n.EVENT_ID].is_unique
     again = sample_negatives(ent, items, k=3, seed=1)
     assert again[n.ITEM_ID].tolist() == neg[n.ITEM_ID].tolist()  # same seed, same sample
+
+
+def test_configured_max_age_makes_old_user_features_missing(trained_shop):
+    import datetime as dt
+
+    from serving.features import OnlineUserFeatures
+
+    cfg, _, _, _ = trained_shop
+    repo = cfg.work_dir / "feature_store"
+    fresh = OnlineUserFeatures(repo, n.RETRIEVAL_QUERY_SERVICE)
+    assert fresh.get("U001")[n.USER_PURCHASE_COUNT] > 0 and not fresh.last_stale
+    # features.max_age_hours: {user_purchase_stats: 1}: values from 2011 are stale today
+    strict = OnlineUserFeatures(repo, n.RETRIEVAL_QUERY_SERVICE, max_age={n.USER_STATS_VIEW: dt.timedelta(hours=1)})
+    assert strict.get("U001") is None
+    assert f"{n.USER_STATS_VIEW}:{n.USER_PURCHASE_COUNT}" in strict.last_stale
