@@ -41,10 +41,34 @@ def _build_dataset(args):
 
 
 def _validate(args):
+    if args.candidate:
+        from pipelines import validate_candidate
+
+        validate_candidate.run(_config(args), Path(args.candidate), adapter=args.adapter,
+                               out=Path(args.out) if args.out else None)
+        print("candidate passed the drift gate")
+        return
     from pipelines import validate_dataset
 
     validate_dataset.run(_config(args))
     print("validation passed")
+
+
+def _rollback(args):
+    from cartwise.bundle import rollback
+
+    cfg = _config(args)
+    old, new = rollback(cfg.work_dir / "bundles")
+    print(f"CURRENT: {old} -> {new}")
+
+
+def _index(args):
+    from pipelines import update_index
+
+    m = update_index.run(_config(args))
+    u = m["index_update"]
+    print(f"published {m['version']} (from {u['parent']}): {u['new']} new, {u['changed']} changed, "
+          f"{u['removed']} removed items re-indexed without retraining")
 
 
 def _train(args):
@@ -77,11 +101,22 @@ def _serve(args):
     from serving.app import create_app
     from serving.pipeline import Recommender
 
+    from serving.hotswap import BundleSlot, CurrentWatcher
+
     cfg = _config(args)
-    bundle = Path(args.bundle) if args.bundle else current_bundle(cfg.work_dir / "bundles")
-    app = create_app(Recommender.from_bundle_dir(bundle), max_k=cfg.serving.max_k)
-    print(f"serving bundle {bundle.name} on http://{args.host or cfg.serving.host}:{args.port or cfg.serving.port}")
-    uvicorn.run(app, host=args.host or cfg.serving.host, port=args.port or cfg.serving.port, log_level="info")
+    bundles = cfg.work_dir / "bundles"
+    bundle = Path(args.bundle) if args.bundle else current_bundle(bundles)
+    slot = BundleSlot(Recommender.from_bundle_dir(bundle), bundles_dir=bundles)
+    token = os.environ.get(args.reload_token_env) if args.reload_token_env else None
+    app = create_app(slot, max_k=cfg.serving.max_k, reload_token=token)
+    watcher = CurrentWatcher(slot, interval=args.watch).start() if args.watch else None
+    print(f"serving bundle {bundle.name} on http://{args.host or cfg.serving.host}:{args.port or cfg.serving.port}"
+          + (f", watching {bundles / 'CURRENT'} every {args.watch}s" if watcher else ""))
+    try:
+        uvicorn.run(app, host=args.host or cfg.serving.host, port=args.port or cfg.serving.port, log_level="info")
+    finally:
+        if watcher:
+            watcher.stop()
 
 
 def _recommend(args):
@@ -98,6 +133,39 @@ def _demo(args):
     from cartwise import demo
 
     demo.run(_config(args))
+
+
+def _simulate(args):
+    from simulator.config import load_simulation
+    from simulator.world import simulate
+
+    sim = load_simulation(args.config)
+    world = sim.world.model_copy(update={k: v for k, v in (("days", args.days),) if v is not None})
+    simulate(world, args.seed, Path(args.out))
+
+
+def _policy_option(value: str | None):
+    """`popular` | `random` | `repeat` | `oracle` | `bundle:DIR` -> PolicyConfig (None: keep the file's)."""
+    from simulator.config import PolicyConfig
+
+    if value is None:
+        return None
+    if value.startswith("bundle:"):
+        return PolicyConfig(policy="bundle", bundle=Path(value.removeprefix("bundle:")).resolve())
+    return PolicyConfig(policy=value)
+
+
+def _abtest(args):
+    from simulator import abtest
+    from simulator.config import load_simulation
+
+    sim = load_simulation(args.config)
+    update = {k: v for k, v in (("days", args.days), ("sessions_per_day", args.sessions_per_day),
+                                ("refresh_days", args.refresh_days), ("control", _policy_option(args.control)),
+                                ("treatment", _policy_option(args.treatment))) if v is not None}
+    sim = sim.model_copy(update={"abtest": sim.abtest.model_copy(update=update)})
+    res = abtest.run(sim, args.seed, Path(args.out))
+    print(f"wrote {Path(args.out) / 'abtest.json'} and {Path(args.out) / 'report.html'} ({res['seconds']:.0f}s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "`--repo feature_repo` fills the checked-in repo so `feast` commands work inside it)")
     cmd("build-dataset", _build_dataset, "Build the point-in-time training set of weighted labelled events "
         "(Feast get_historical_features).")
-    cmd("validate", _validate, "Validate the training set with Great Expectations; exit 1 when an expectation fails.")
+    sp = cmd("validate", _validate, "Validate the training set with Great Expectations; exit 1 when an expectation "
+             "fails. With --candidate, check a raw file against the blessed reference (the CURRENT bundle's "
+             "data): exit 0 pass, 1 blocked, 2 error; writes a JSON verdict and an HTML report.")
+    sp.add_argument("--candidate", help="raw file to check against the blessed reference")
+    sp.add_argument("--adapter", help="format of --candidate (default: data.adapter)")
+    sp.add_argument("--out", help="verdict JSON (default: <work_dir>/validation/candidate_<file>.json)")
+    cmd("rollback", _rollback, "Point CURRENT back at the previously published bundle (verified first); a "
+        "server started with --watch swaps to it.")
+    sp = cmd("index", _index, "Index maintenance without retraining.")
+    sp.add_argument("action", choices=["update"], help="update: embed new or changed items with the CURRENT "
+                    "bundle's candidate tower and publish a new bundle")
     cmd("train", _train, "Train the two-tower retrieval model on the validated training set.")
     sp = cmd("evaluate", _evaluate, "Evaluate the model and the popularity and repeat-purchase baselines on the "
              "time split of cartwise.yaml, or, with --test-events, the exported bundle on a later raw file.")
@@ -136,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", help="bind address (default: serving.host, 127.0.0.1)")
     sp.add_argument("--port", type=int, help="port (default: serving.port, 8000)")
     sp.add_argument("--bundle", help="bundle directory (default: the one CURRENT names)")
+    sp.add_argument("--watch", type=float, metavar="SECONDS", help="poll CURRENT this often and hot-swap to the "
+                    "bundle it names (verified and golden-checked first; a failed load keeps the old one)")
+    sp.add_argument("--reload-token-env", metavar="VAR", help="enable POST /admin/reload (loopback only) with the "
+                    "token in this environment variable, sent as the X-Reload-Token header")
     sp = cmd("recommend", _recommend, "Batch recommendations: one row per (user_id, rank, item_id, score) for "
              "every user in --users; unknown users get the cold-start answer, flagged.")
     sp.add_argument("--users", required=True, help="csv or parquet with a user_id column")
@@ -144,6 +226,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--exclude-purchased", action="store_true", help="leave out items the user already bought")
     sp.add_argument("--bundle", help="bundle directory (default: the one CURRENT names)")
     cmd("demo", _demo, "Run every step end to end on the config, then fetch one recommendation over HTTP.")
+    sp = sub.add_parser("simulate", help="Generate a simulated shop's event log and catalog (canonical schema).",
+                        description="Generate a simulated shop's event log and item catalog in the canonical "
+                        "schema (DIR/events.parquet, DIR/items.parquet; ground truth in DIR/truth/).")
+    sp.add_argument("--config", help="simulation file (default: the built-in default world)")
+    sp.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes identical files")
+    sp.add_argument("--out", required=True, help="output directory")
+    sp.add_argument("--days", type=int, help="days to generate (default: world.days)")
+    sp.set_defaults(fn=_simulate)
+    sp = sub.add_parser("abtest", help="Simulated A/B test of revenue per session between two policies.",
+                        description="Simulated A/B test: organic history, bundles trained on it by the real "
+                        "pipeline, then control vs treatment served in-process; writes DIR/abtest.json and "
+                        "DIR/report.html.")
+    sp.add_argument("--config", help="simulation file (default: the built-in default world, popular vs random)")
+    sp.add_argument("--seed", type=int, default=0, help="world seed")
+    sp.add_argument("--out", required=True, help="output directory")
+    sp.add_argument("--days", type=int, help="experiment days (default: abtest.days)")
+    sp.add_argument("--sessions-per-day", type=int, help="cap on experiment sessions a day")
+    sp.add_argument("--refresh-days", type=int, help="refresh cadence in days (0: never)")
+    sp.add_argument("--control", help="popular | random | repeat | oracle | bundle:DIR (default: the file's)")
+    sp.add_argument("--treatment", help="popular | random | repeat | oracle | bundle:DIR (default: the file's)")
+    sp.set_defaults(fn=_abtest)
     return p
 
 

@@ -393,7 +393,7 @@ def session_context(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     sessions = e[n.SESSION_ID].to_numpy()
     active = set(sessions[funnel])
     if active:
-        pos = np.flatnonzero(np.isin(sessions, list(active)))
+        pos = np.flatnonzero(pd.Series(sessions).isin(active).to_numpy())  # hash lookup: np.isin on objects is quadratic
         items_arr, types = e[n.ITEM_ID].to_numpy(), e[n.EVENT_TYPE].to_numpy()
         current, viewed, carted = None, [], []
         for i in pos:

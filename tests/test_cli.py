@@ -9,9 +9,12 @@ from cartwise.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = {
-    "ingest": [], "build-features": ["--repo"], "build-dataset": [], "validate": [], "train": [],
-    "evaluate": ["--test-events", "--adapter", "--out"], "export": [], "serve": ["--host", "--port", "--bundle"],
+    "ingest": [], "build-features": ["--repo"], "build-dataset": [], "validate": ["--candidate", "--adapter", "--out"],
+    "rollback": [], "index": [], "train": [],
+    "evaluate": ["--test-events", "--adapter", "--out"], "export": [], "serve": ["--host", "--port", "--bundle", "--watch", "--reload-token-env"],
     "recommend": ["--users", "--k", "--out", "--exclude-purchased", "--bundle"], "demo": [],
+    "simulate": ["--seed", "--out", "--days"],
+    "abtest": ["--seed", "--out", "--days", "--sessions-per-day", "--refresh-days", "--control", "--treatment"],
 }
 
 
