@@ -320,10 +320,18 @@ def load_config(path: str | Path) -> CartwiseConfig:
         ConfigError: the file is missing, is not YAML, or fails validation.
     """
     path = Path(path)
+    return parse_config(read_yaml(path, "config"), source=str(path), base_dir=path.resolve().parent)
+
+
+def read_yaml(path: Path, what: str = "config") -> object:
+    """The YAML document in `path`.
+
+    Raises:
+        ConfigError: the file is missing or is not YAML (naming the file).
+    """
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_config(raw, source=str(path), base_dir=path.resolve().parent)

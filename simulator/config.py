@@ -17,10 +17,9 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cartwise.config import ConfigError
+from cartwise.config import ConfigError, read_yaml
 
 
 class _Section(BaseModel):
@@ -218,10 +217,4 @@ def load_simulation(path: str | Path | None) -> SimulationFile:
     if path is None:
         return parse_simulation({})
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: simulation file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_simulation(raw, source=str(path), base_dir=path.resolve().parent)
+    return parse_simulation(read_yaml(path, "simulation"), source=str(path), base_dir=path.resolve().parent)
