@@ -37,9 +37,10 @@ def window_ttl(windows) -> timedelta:
     """TTL of a windowed view: exact, not an approximation.
 
     A row is written wherever a window's value changes, including the
-    midnight its last day leaves the longest window (value 0); so a row older
-    than the longest window + 1 day can only mean 0, which is also what a
-    missing value is filled with. The bound keeps Feast's point-in-time join
+    midnight its last day leaves the longest window (value 0, conversion at
+    its prior); so a row older than the longest window + 1 day can only mean
+    that state, which is also what a missing value is filled with
+    (pipelines/build_dataset.FILL_VALUES). The bound keeps Feast's point-in-time join
     from pairing each entity row with the entity's whole history.
     """
     return timedelta(days=max(windows) + 1)
@@ -77,7 +78,7 @@ def build(data_dir: Path) -> dict:
     user_category_history_source = _file_source(data_dir, "user_category_history")
     session_context_batch_source = _file_source(data_dir, "session_context")
     session_push_source = PushSource(name=n.SESSION_PUSH_SOURCE, batch_source=session_context_batch_source,
-                                     description="Session state pushed by serving as a shopper browses.")
+                                     description="Session state written online through the push source (serving.features.push_session_state).")
 
     user_purchase_stats = FeatureView(
         name=n.USER_STATS_VIEW, entities=[user], ttl=SNAPSHOT_TTL, online=True, source=user_purchase_stats_source,

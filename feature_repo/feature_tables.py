@@ -8,7 +8,13 @@ Point-in-time rule: a snapshot row stamped at midnight `D` (UTC) is computed
 only from events strictly before `D`, and both its `event_timestamp` and its
 `created_timestamp` are `D`. An entity row at time `t` therefore sees the
 snapshot of the last midnight at or before `t`, which never contains an event
-at or after `t`: nothing from the future leaks into a training row.
+at or after `t`: no event from the future leaks into a training row.
+
+Exception, by design of the catalog: `item_content` carries an item's
+catalog attributes (title, category, price, description embedding) as the
+catalog states them at ingest time, stamped at the item's first appearance;
+an adapter that derives them from the whole log (Online Retail's median
+price) lets a little of the future into them.
 """
 from __future__ import annotations
 
@@ -235,7 +241,12 @@ def user_purchase_windows(events: pd.DataFrame) -> pd.DataFrame:
     return out[cols]
 
 
-def item_activity_windows(events: pd.DataFrame, prior_views: float = 20.0, prior_rate: float = 0.02) -> pd.DataFrame:
+#: beta prior of item_conversion_30d: an item with no views in 30 days has this conversion
+CONVERSION_PRIOR_VIEWS, CONVERSION_PRIOR_RATE = 20.0, 0.02
+
+
+def item_activity_windows(events: pd.DataFrame, prior_views: float = CONVERSION_PRIOR_VIEWS,
+                          prior_rate: float = CONVERSION_PRIOR_RATE) -> pd.DataFrame:
     """Purchases, add-to-carts and views of each item over 7 and 30 days, and a smoothed conversion.
 
     `item_conversion_30d` = (purchases_30d + prior_views * prior_rate) / (views_30d + prior_views):
@@ -345,7 +356,7 @@ def user_profile(events: pd.DataFrame, items: pd.DataFrame, half_life_days: floa
     for c in (n.USER_PREFERRED_DEVICE, n.USER_TOP_CATEGORY, n.USER_TOP_CATEGORY_SHARE):
         out[c] = g[c].ffill()
     out[n.USER_PREFERRED_DEVICE] = out[n.USER_PREFERRED_DEVICE].fillna("unknown").astype(object)
-    out[n.USER_TOP_CATEGORY] = out[n.USER_TOP_CATEGORY].fillna("none").astype(object)
+    out[n.USER_TOP_CATEGORY] = out[n.USER_TOP_CATEGORY].fillna("unknown").astype(object)
     out[n.USER_TOP_CATEGORY_SHARE] = out[n.USER_TOP_CATEGORY_SHARE].fillna(0.0).astype("float64")
     return out[cols].reset_index(drop=True)
 
@@ -367,8 +378,8 @@ def _running_argmax(df: pd.DataFrame, score: str, label: str) -> pd.DataFrame:
 def session_context(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Running state of each session after each event (the PushSource's batch history).
 
-    A row is stamped one microsecond after its event, so the event itself never
-    sees its own row: a training row for a purchase sees what was viewed and
+    A row is stamped one microsecond after its event (k microseconds for the
+    k-th event at the same instant), so the event itself never sees its own row: a training row for a purchase sees what was viewed and
     carted before it in the session, not the purchase.
     """
     cat = items.set_index(n.ITEM_ID)[n.CATEGORY].astype(object)
@@ -379,7 +390,10 @@ def session_context(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     ts = e[n.EVENT_TIMESTAMP]
     out = pd.DataFrame({
         n.SESSION_ID: e[n.SESSION_ID].astype(object).to_numpy(),
-        n.EVENT_TIMESTAMP: (ts + pd.Timedelta(microseconds=1)).to_numpy(),
+        # strictly increasing within a session, even for events at the same instant, so the
+        # latest state is unambiguous offline and online: +1 us, +2 us, ... per equal timestamp
+        n.EVENT_TIMESTAMP: (ts + pd.to_timedelta(e.groupby([n.SESSION_ID, n.EVENT_TIMESTAMP]).cumcount() + 1,
+                                                 unit="us")).to_numpy(),
         n.SESSION_CATEGORY: e[n.ITEM_ID].map(cat).fillna("unknown").astype(object).to_numpy(),
         n.SESSION_DEVICE: e[n.DEVICE].astype(object).where(e[n.DEVICE].notna(), "unknown").to_numpy(),
         n.SESSION_HOUR: ts.dt.hour.astype("int64").to_numpy(),

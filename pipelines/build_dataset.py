@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cartwise.config import CartwiseConfig
-from feature_repo import definitions
+from feature_repo import definitions, feature_tables
 from feature_repo import names as n
 from pipelines.build_features import open_store
 from pipelines.layout import Layout
@@ -46,8 +46,10 @@ def _fill_value(field):
     return 0.0 if "Float" in kind else 0
 
 
-#: Fill value per feature; margin stays NaN when unknown (no neutral value exists).
+#: Fill value per feature; margin stays NaN when unknown (no neutral value exists); a conversion
+#: with no activity in its window is the prior, exactly what the table writes for that state.
 FILL_VALUES = {f.name: _fill_value(f) for v in JOINED_VIEWS for f in v.features if f.name != n.MARGIN}
+FILL_VALUES["item_conversion_30d"] = feature_tables.CONVERSION_PRIOR_RATE
 
 
 def train_cutoff(config: CartwiseConfig) -> pd.Timestamp:

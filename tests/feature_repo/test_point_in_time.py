@@ -162,3 +162,21 @@ def test_windows_change_where_days_enter_and_leave():
     assert [at(d, "user_purchases_30d") for d in ("03-09", "03-31", "04-01")] == [1, 1, 0]
     assert [at(d, "user_purchases_90d") for d in ("05-30", "05-31")] == [1, 0]
     assert at("03-05", "user_revenue_7d") == pytest.approx(2.0)
+
+
+def test_session_rows_at_the_same_instant_are_strictly_ordered():
+    # view A then cart B in one session at the same second: the later row must carry both
+    events = _events([("u1", "A", 600, 1, "view", 0), ("u1", "B", 600, 1, "add_to_cart", 0)])
+    t = feature_tables.session_context(events, _items(events)).sort_values(n.EVENT_TIMESTAMP)
+    assert t[n.EVENT_TIMESTAMP].is_unique and (t[n.EVENT_TIMESTAMP] > events[n.EVENT_TIMESTAMP].max()).all()
+    last = t.iloc[-1]
+    assert list(last[n.SESSION_VIEWED]) == ["A"] and list(last[n.SESSION_CARTED]) == ["B"]
+
+
+def test_missing_conversion_is_filled_with_the_prior_the_table_writes():
+    from pipelines.build_dataset import FILL_VALUES
+
+    events = _events([("u1", "A", 60, 1, "purchase", 0)])
+    w = feature_tables.item_activity_windows(events)
+    assert w.iloc[-1]["item_purchases_30d"] == 0
+    assert w.iloc[-1]["item_conversion_30d"] == pytest.approx(FILL_VALUES["item_conversion_30d"])
