@@ -1,0 +1,77 @@
+"""The shipped ScaNN index on clustered embeddings: recall against brute force, and the bundle round trip.
+
+`build_searcher` with the default `retrieval.index` over 20k clustered 32-d
+items (tree + AH, as export builds it above `brute_force_below`) must reach
+recall@10 >= 0.95 against exact search; serialized as export does and loaded
+with `cartwise.bundle.load_searcher`, it must return the same neighbours.
+Timings are in benchmarks/bench_index.py, never asserted here.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cartwise import bundle as b
+from cartwise.config import IndexConfig
+from pipelines.build_index import build_searcher, recall_vs_brute_force
+
+pytestmark = pytest.mark.integration
+
+N_ITEMS, DIM, CLUSTERS, N_QUERIES = 20_000, 32, 400, 1000
+
+
+def clustered(n: int, rng: np.random.Generator, centers: np.ndarray, weights: np.ndarray,
+              items: bool) -> np.ndarray:
+    """Gaussian mixture rows; items get log-normal norms (sigma 0.37, as our trained candidate tower)."""
+    c = rng.choice(len(centers), size=n, p=weights)
+    x = centers[c] + 0.3 * rng.standard_normal((n, centers.shape[1])).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    if items:
+        x *= rng.lognormal(0.0, 0.37, (n, 1)).astype(np.float32)
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(11)
+    centers = rng.standard_normal((CLUSTERS, DIM)).astype(np.float32)
+    w = rng.lognormal(0.0, 1.0, CLUSTERS)
+    w /= w.sum()
+    return clustered(N_ITEMS, rng, centers, w, items=True), clustered(N_QUERIES, rng, centers, w, items=False)
+
+
+@pytest.fixture(scope="module")
+def shipped(data):
+    emb, _ = data
+    return build_searcher(emb, IndexConfig(), k=100)  # k as export passes retrieval.k
+
+
+def test_tree_ah_recall_at_10_vs_brute_force(data, shipped):
+    emb, queries = data
+    searcher, params = shipped
+    assert params["type"] == "tree_ah"
+    assert 1 <= params["num_leaves_to_search"] < params["num_leaves"]
+    # one query at a time, as serving calls it, against matmul + argpartition brute force
+    exact = [set(row.tolist()) for lo in range(0, N_QUERIES, 250)
+             for row in np.argpartition(queries[lo:lo + 250] @ emb.T, -10, axis=1)[:, -10:]]
+    got = [set(np.asarray(searcher.search(q, final_num_neighbors=10)[0]).tolist()) for q in queries]
+    assert np.mean([len(g & e) / 10 for g, e in zip(got, exact)]) >= 0.95
+    # the export gate's own measure (batched; full argsort, so on a subset)
+    assert recall_vs_brute_force(searcher, emb, queries[:300], k=10) >= 0.95
+
+
+def test_serialized_index_loads_with_identical_neighbours(data, shipped, tmp_path):
+    _, queries = data
+    searcher, _ = shipped
+    path = tmp_path / b.INDEX_DIR
+    path.mkdir()
+    searcher.serialize(str(path), relative_path=True)  # as pipelines/export.write_index
+    loaded = b.load_searcher(path)
+    for k in (10, 100):
+        want_i, want_d = searcher.search_batched(queries, final_num_neighbors=k)
+        got_i, got_d = loaded.search_batched(queries, final_num_neighbors=k)
+        np.testing.assert_array_equal(got_i, want_i)
+        np.testing.assert_allclose(got_d, want_d, rtol=1e-6)
+    for q in queries[:50]:
+        np.testing.assert_array_equal(loaded.search(q, final_num_neighbors=10)[0],
+                                      searcher.search(q, final_num_neighbors=10)[0])
