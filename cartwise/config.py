@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Discriminator, Tag
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "return")
 ADAPTERS = ("online_retail", "retailrocket", "rees46", "canonical")
@@ -72,6 +73,11 @@ class ObjectiveConfig(_Section):
     clicks and views are heavily down-weighted; returns count for nothing.
     """
 
+    #: what retrieval learns from: `purchase` (every event type weighted in
+    #: event_weights, purchases first) or `click` (click events only, each weighing
+    #: its recency multiplier; the A/B test's baseline). `click` needs click events
+    #: with event_weights.click > 0: training stops with the reason otherwise (Online
+    #: Retail has purchases only)
     label: Literal["purchase", "click"] = "purchase"
     event_weights: dict[str, float] = Field(
         default_factory=lambda: {
@@ -100,13 +106,25 @@ class ObjectiveConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Sizes and training settings of the retrieval towers."""
+    """Sizes and training settings of the retrieval towers.
+
+    Attributes:
+        logq_correction: subtract log(item's share of the training examples)
+            from in-batch logits (popular items are sampled as negatives more often).
+        item_id_dropout: share of training examples whose item id path is
+            zeroed, so the content path alone embeds items never seen in training.
+        user_id_dropout: the same for the user id (unknown users are embedded
+            from their features and session context).
+    """
 
     embedding_size: int = Field(32, ge=2, le=1024)
     epochs: int = Field(3, ge=1, le=1000)
     batch_size: int = Field(2048, ge=8, le=1_000_000)
     learning_rate: float = Field(0.05, gt=0.0, le=10.0)
     seed: int = 42
+    logq_correction: bool = True
+    item_id_dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    user_id_dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
 class IndexConfig(_Section):
@@ -123,12 +141,175 @@ class IndexConfig(_Section):
     min_recall: float = Field(0.9, ge=0.0, le=1.0)
 
 
+SOURCE_TYPES = ("two_tower", "bought_together", "content", "repeat", "popular_in_category", "popularity")
+#: most sources in `retrieval.sources` (serving records which sources found an item in one int64 bit mask)
+MAX_SOURCES = 32
+
+
+class _SourceBase(_Section):
+    """Fields every retrieval source has (serving/sources.py).
+
+    Attributes:
+        name: the `source` label of the items it finds (responses, logs);
+            default: the type, suffixed `_<place>` when the type repeats.
+        quota: most candidates it adds per request; default: the candidate
+            budget (`retrieval.k`, or the request's k when larger).
+        weight: multiplies its scores after they are scaled to 0..1 within its
+            own list (how sources compare; see serving/sources.py).
+        fallback: only fills the merged list up to the candidate budget with
+            items no other source found, and ranks below every non-fallback
+            candidate.
+    """
+
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    quota: int | None = Field(None, ge=1, le=10_000)
+    weight: float = Field(1.0, gt=0.0, le=100.0)
+    fallback: bool = False
+
+
+class TwoTowerSourceConfig(_SourceBase):
+    """Collaborative: the query tower's user embedding searched in the ScaNN index (known users only)."""
+
+    type: Literal["two_tower"]
+
+
+class BoughtTogetherSourceConfig(_SourceBase):
+    """Co-purchase neighbours (the bundle's `bought_together.parquet`) of seed items, weighted per kind of seed.
+
+    Attributes:
+        cart_weight: weight of each cart item as a seed.
+        viewed_weight: weight of each of the last `seed_items` viewed items.
+        recent_weight: weight of each of the known user's `seed_items` latest purchases.
+        seed_items: how many viewed items and how many past purchases seed it (each).
+    """
+
+    type: Literal["bought_together"]
+    cart_weight: float = Field(1.0, ge=0.0, le=100.0)
+    viewed_weight: float = Field(0.5, ge=0.0, le=100.0)
+    recent_weight: float = Field(0.5, ge=0.0, le=100.0)
+    seed_items: int = Field(5, ge=1, le=100)
+
+
+class ContentSourceConfig(_SourceBase):
+    """Items like what is being browsed: text-embedding cosine blended with same-category match.
+
+    Attributes:
+        seed_items: the last viewed items (else the cart) that form the query; a
+            session category alone queries that category.
+        text_weight: share of the text-embedding cosine in the score; the rest is
+            the category match (1 when an item shares a seed's category).
+    """
+
+    type: Literal["content"]
+    seed_items: int = Field(3, ge=1, le=100)
+    text_weight: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class RepeatSourceConfig(_SourceBase):
+    """The known user's own past purchases, purchase lines x 0.5 ** (age / half_life_days) at the bundle's as-of."""
+
+    type: Literal["repeat"]
+    half_life_days: float = Field(30.0, gt=0.0, le=3650.0)
+
+
+class PopularInCategorySourceConfig(_SourceBase):
+    """Best sellers of the categories in play: the session's category, the categories of the viewed and cart
+    items, and the known user's `user_categories` most bought categories. A fallback unless set otherwise."""
+
+    type: Literal["popular_in_category"]
+    fallback: bool = True
+    user_categories: int = Field(2, ge=0, le=100)
+
+
+class PopularitySourceConfig(_SourceBase):
+    """Best sellers of the last `evaluation.popularity_days` (the bundle's popular.json). A fallback unless set
+    otherwise."""
+
+    type: Literal["popularity"]
+    fallback: bool = True
+
+
+class CustomSourceConfig(_SourceBase):
+    """A source class outside cartwise, by dotted path; `params` are validated by its `config_class` when serving
+    builds the pipeline."""
+
+    type: str = Field(pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _source_tag(v: object) -> str | None:
+    t = v.get("type") if isinstance(v, dict) else getattr(v, "type", None)
+    return "custom" if isinstance(t, str) and "." in t else t
+
+
+def _known_source_type(v: object) -> object:
+    # `sources: [two_tower, popularity]` (names only) stays valid: a bare name is that source with its defaults
+    if isinstance(v, str):
+        v = {"type": v}
+    if isinstance(v, dict):
+        t = v.get("type")
+        if t is None:
+            raise ValueError(f"a source needs a `type`: one of {', '.join(SOURCE_TYPES)} or a dotted path")
+        if not isinstance(t, str) or ("." not in t and t not in SOURCE_TYPES):
+            raise ValueError(f"unknown source type {t!r}; expected one of {', '.join(SOURCE_TYPES)} or a dotted path")
+    elif not isinstance(v, BaseModel):
+        raise ValueError("a source is a name or a mapping `{type: ..., quota: ..., <params>}`")
+    return v
+
+
+SourceConfig = Annotated[
+    Union[
+        Annotated[TwoTowerSourceConfig, Tag("two_tower")],
+        Annotated[BoughtTogetherSourceConfig, Tag("bought_together")],
+        Annotated[ContentSourceConfig, Tag("content")],
+        Annotated[RepeatSourceConfig, Tag("repeat")],
+        Annotated[PopularInCategorySourceConfig, Tag("popular_in_category")],
+        Annotated[PopularitySourceConfig, Tag("popularity")],
+        Annotated[CustomSourceConfig, Tag("custom")],
+    ],
+    Discriminator(_source_tag),
+    BeforeValidator(_known_source_type),
+]
+
+
+def source_names(sources: list) -> list[str]:
+    """The label of each source: its `name`, else its type (suffixed `_<place>` when the type repeats)."""
+    counts: dict[str, int] = {}
+    for s in sources:
+        counts[s.type] = counts.get(s.type, 0) + 1
+    return [s.name or (s.type if counts[s.type] == 1 else f"{s.type}_{i + 1}") for i, s in enumerate(sources)]
+
+
+def _check_sources(sources: list) -> list:
+    if len(sources) > MAX_SOURCES:
+        raise ValueError(f"at most {MAX_SOURCES} sources, got {len(sources)}")
+    names = source_names(sources)
+    dup = sorted({x for x in names if names.count(x) > 1})
+    if dup:
+        raise ValueError(f"source names must be unique, repeated: {dup}")
+    return sources
+
+
+def _default_sources() -> list:
+    return [TwoTowerSourceConfig(type="two_tower"), PopularitySourceConfig(type="popularity")]
+
+
 class RetrievalConfig(_Section):
-    """How many candidates to fetch and from which sources."""
+    """How many candidates to fetch and from which sources (merged by serving/sources.py).
+
+    Attributes:
+        k: the candidate budget per request (the request's k when larger):
+            fallback sources fill the merged list up to it.
+        sources: in order (ties between sources go to the earlier one); each
+            a bare type name (its defaults) or `{type, name, quota, weight,
+            fallback, <params>}`; `type` may be a dotted path to a
+            `serving.sources.Source` subclass (options under `params:`).
+        index: the ScaNN index export builds.
+    """
 
     k: int = Field(100, ge=1, le=10_000)
-    sources: list[Literal["two_tower", "popularity"]] = Field(
-        default_factory=lambda: ["two_tower", "popularity"], min_length=1
+    sources: Annotated[list[SourceConfig], AfterValidator(_check_sources)] = Field(
+        default_factory=_default_sources, min_length=1
     )
     index: IndexConfig = IndexConfig()
 
@@ -214,6 +395,59 @@ class ValidationConfig(_Section):
     drift: DriftConfig = DriftConfig()
 
 
+class CandidateQuotas(_Section):
+    """How many candidates each offline source adds per user (besides the user's own items, all kept)."""
+
+    item_knn: int = Field(100, ge=0, le=10_000)
+    ease: int = Field(100, ge=0, le=10_000)
+    popularity: int = Field(50, ge=0, le=10_000)
+    two_tower: int = Field(100, ge=0, le=10_000)
+
+
+class RankingConfig(_Section):
+    """The ranking model (DCN-v2 over point-in-time features) and how its training rows are made.
+
+    Training rows are (user, candidate item) pairs at several cut-offs before
+    the training end: the candidates come from sources fitted on the purchases
+    before each cut-off, the features are read point in time at the cut-off
+    through Feast, and the label is whether the user bought the item in the
+    `label_days` that follow (the same horizon as the evaluation window).
+
+    Attributes:
+        enabled: rank the candidates (off: retrieval scores only).
+        label_days: days after a cut-off in which a purchase makes a positive.
+        cutoffs_days_before_end: training cut-offs, in days before the last
+            one whose label window still fits before the training end.
+        candidates: per-source quotas.
+        cross_layers, hidden: DCN-v2 cross layers and MLP widths.
+        epochs, batch_size, learning_rate, seed: training.
+        new_item_slots: list positions reserved for items with no sales yet,
+            chosen by content similarity to the user's items (exploration for
+            cold items); 0 turns it off.
+        new_item_first_position: the first reserved position (1-based).
+    """
+
+    enabled: bool = True
+    label_days: int = Field(61, ge=1, le=3650)
+    cutoffs_days_before_end: list[int] = Field(default_factory=lambda: [0, 15, 31], min_length=1)
+    candidates: CandidateQuotas = CandidateQuotas()
+    cross_layers: int = Field(2, ge=0, le=8)
+    hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
+    epochs: int = Field(2, ge=1, le=1000)
+    batch_size: int = Field(1024, ge=8, le=1_000_000)
+    learning_rate: float = Field(0.001, gt=0.0, le=10.0)
+    seed: int = 42
+    new_item_slots: int = Field(2, ge=0, le=100)
+    new_item_first_position: int = Field(21, ge=1, le=10_000)
+
+    @field_validator("cutoffs_days_before_end")
+    @classmethod
+    def _non_negative(cls, v: list[int]) -> list[int]:
+        if any(d < 0 for d in v):
+            raise ValueError("cut-offs are days before the end: use values >= 0")
+        return sorted(set(v))
+
+
 class EvaluationConfig(_Section):
     """Time split and metrics.
 
@@ -240,6 +474,206 @@ class EvaluationConfig(_Section):
         return self
 
 
+RULE_TYPES = ("out_of_stock", "promotion", "margin_target", "block", "pin")
+
+
+class _RuleBase(_Section):
+    """Fields every business rule has."""
+
+    #: label in logs, metrics and the `fired` list; default: the type, suffixed
+    #: with its 1-based place in `rules` when the type occurs more than once
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+class _TimedRule(_RuleBase):
+    """A rule active in the half-open window [start, end) of the request time; open ends are unbounded."""
+
+    start: AwareDatetime | None = None
+    end: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _ordered_window(self) -> "_TimedRule":
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+    def active(self, now: dt.datetime) -> bool:
+        """Whether `now` (timezone-aware) lies in [start, end)."""
+        return (self.start is None or self.start <= now) and (self.end is None or now < self.end)
+
+    def overlaps(self, other: "_TimedRule") -> bool:
+        """Whether the two windows share an instant."""
+        lo = [t for t in (self.start, other.start) if t is not None]
+        hi = [t for t in (self.end, other.end) if t is not None]
+        return not lo or not hi or max(lo) < min(hi)
+
+
+def _quoted_ids(v: object) -> object:
+    # YAML reads 22423 as an int and 01234 as octal 668: ask for quotes instead of guessing the id
+    values = v if isinstance(v, list) else [v]
+    for x in values:
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            raise ValueError(f"ids must be strings; quote {x!r} in YAML (an unquoted 01234 even reads as 668)")
+    return v
+
+
+Ids = Annotated[list[str], BeforeValidator(_quoted_ids)]
+Id = Annotated[str, BeforeValidator(_quoted_ids)]
+
+
+class OutOfStockRuleConfig(_RuleBase):
+    """Drops candidates whose `in_stock` column is False (unknown stock counts as in stock)."""
+
+    type: Literal["out_of_stock"]
+
+
+class PromotionRuleConfig(_TimedRule):
+    """Boosts listed items and categories by `factor` while the promotion runs (factor < 1 demotes)."""
+
+    type: Literal["promotion"]
+    items: Ids = Field(default_factory=list)
+    categories: Ids = Field(default_factory=list)
+    factor: float = Field(gt=0.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _targets(self) -> "PromotionRuleConfig":
+        if not self.items and not self.categories:
+            raise ValueError("a promotion needs `items` or `categories`")
+        return self
+
+
+class MarginTargetRuleConfig(_RuleBase):
+    """Re-weights scores towards margin: a multiplier per category and/or exp(margin_weight x margin)."""
+
+    type: Literal["margin_target"]
+    categories: dict[str, float] = Field(default_factory=dict)
+    margin_weight: float = Field(0.0, ge=0.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _something(self) -> "MarginTargetRuleConfig":
+        bad = {c: f for c, f in self.categories.items() if not (0.0 < f <= 100.0)}
+        if bad:
+            raise ValueError(f"category multipliers must be in (0, 100], got {bad}")
+        if not self.categories and self.margin_weight == 0.0:
+            raise ValueError("a margin target needs `categories` multipliers or a positive `margin_weight`")
+        return self
+
+
+class BlockRuleConfig(_RuleBase):
+    """Regulatory blocks: listed items and categories never appear, optionally only for some
+    `countries` (a request without a country is blocked too: fail closed) and/or while a request `flag` is set."""
+
+    type: Literal["block"]
+    items: Ids = Field(default_factory=list)
+    categories: Ids = Field(default_factory=list)
+    countries: list[str] | None = Field(None, min_length=1)
+    flag: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _targets(self) -> "BlockRuleConfig":
+        if not self.items and not self.categories:
+            raise ValueError("a block needs `items` or `categories`")
+        return self
+
+
+class PinRuleConfig(_TimedRule):
+    """A contractual pin: `item` lands exactly at the 1-based `position` while active.
+
+    Only a candidate moves; `insert: true` also lets serving add the item to the
+    candidates before stock and blocks are checked (it is never shown if blocked
+    or out of stock).
+    """
+
+    type: Literal["pin"]
+    item: Id = Field(min_length=1)
+    position: int = Field(ge=1, le=10_000)
+    insert: bool = False
+
+
+class CustomRuleConfig(_RuleBase):
+    """A rule class outside cartwise, by dotted path; `params` are validated by its
+    `config_class` when serving builds the rule chain."""
+
+    type: str = Field(pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _rule_tag(v: object) -> str | None:
+    t = v.get("type") if isinstance(v, dict) else getattr(v, "type", None)
+    return "custom" if isinstance(t, str) and "." in t else t
+
+
+def _known_rule_type(v: object) -> object:
+    if isinstance(v, dict):
+        t = v.get("type")
+        if t is None:
+            raise ValueError(f"a rule needs a `type`: one of {', '.join(RULE_TYPES)} or a dotted path")
+        if not isinstance(t, str) or ("." not in t and t not in RULE_TYPES):
+            raise ValueError(f"unknown rule type {t!r}; expected one of {', '.join(RULE_TYPES)} or a dotted path")
+    elif not isinstance(v, BaseModel):
+        raise ValueError("a rule is a mapping `{type: ..., <params>}`")
+    return v
+
+
+RuleConfig = Annotated[
+    Union[
+        Annotated[OutOfStockRuleConfig, Tag("out_of_stock")],
+        Annotated[PromotionRuleConfig, Tag("promotion")],
+        Annotated[MarginTargetRuleConfig, Tag("margin_target")],
+        Annotated[BlockRuleConfig, Tag("block")],
+        Annotated[PinRuleConfig, Tag("pin")],
+        Annotated[CustomRuleConfig, Tag("custom")],
+    ],
+    Discriminator(_rule_tag),
+    BeforeValidator(_known_rule_type),
+]
+
+
+def rule_names(rules: list) -> list[str]:
+    """The label of each rule: its `name`, else its type (suffixed `_<place>` when the type repeats)."""
+    counts: dict[str, int] = {}
+    for r in rules:
+        counts[r.type] = counts.get(r.type, 0) + 1
+    return [r.name or (r.type if counts[r.type] == 1 else f"{r.type}_{i + 1}") for i, r in enumerate(rules)]
+
+
+def _check_rules(rules: list) -> list:
+    names = rule_names(rules)
+    dup = sorted({x for x in names if names.count(x) > 1})
+    if dup:
+        raise ValueError(f"rule names must be unique, repeated: {dup}")
+    pins = [(nm, r) for nm, r in zip(names, rules) if isinstance(r, PinRuleConfig)]
+    for i, (na, a) in enumerate(pins):
+        for nb, b in pins[i + 1:]:
+            if (a.item == b.item or a.position == b.position) and a.overlaps(b):
+                what = f"item {a.item!r}" if a.item == b.item else f"position {a.position}"
+                raise ValueError(f"pins {na!r} and {nb!r} both claim {what} in overlapping windows")
+    return rules
+
+
+#: ordered business rules; applied in this order, pins last (see serving/rules.py)
+RulesConfig = Annotated[list[RuleConfig], AfterValidator(_check_rules)]
+
+
+class DiversityConfig(_Section):
+    """Category spread of the final top K (serving/diversity.py), applied after the rules and before pins.
+
+    Attributes:
+        method: `none`; `max_per_category` (greedy: at most `max_per_category`
+            items of one category in the top K, score order otherwise kept);
+            `mmr` (maximal marginal relevance with `mmr_lambda`).
+        max_per_category: N of the constraint.
+        mmr_lambda: 1.0 is pure relevance, 0.0 pure novelty.
+        similarity: what MMR compares: `category` (1 when equal, else 0) or
+            `embedding` (cosine of the candidates' `embedding` column).
+    """
+
+    method: Literal["none", "max_per_category", "mmr"] = "none"
+    max_per_category: int = Field(3, ge=1, le=1000)
+    mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)
+    similarity: Literal["category", "embedding"] = "category"
+
+
 class ServingConfig(_Section):
     """HTTP server settings."""
 
@@ -247,6 +681,18 @@ class ServingConfig(_Section):
     port: int = Field(8000, ge=0, le=65535)
     default_k: int = Field(10, ge=1, le=1000)
     max_k: int = Field(200, ge=1, le=10_000)
+    #: share of the last `override_window` requests whose top item the rules
+    #: changed above which serving warns (the model, not the rules, should change)
+    override_alarm_rate: float = Field(0.15, ge=0.0, le=1.0)
+    override_window: int = Field(1000, ge=1, le=1_000_000)
+    #: no alarm before this many requests are in the window
+    override_min_requests: int = Field(100, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _alarm_reachable(self) -> "ServingConfig":
+        if self.override_min_requests > self.override_window:
+            raise ValueError("override_min_requests must not exceed override_window (the alarm could never fire)")
+        return self
 
 
 class CartwiseConfig(_Section):
@@ -257,9 +703,12 @@ class CartwiseConfig(_Section):
     objective: ObjectiveConfig = ObjectiveConfig()
     model: ModelConfig = ModelConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    ranking: RankingConfig = RankingConfig()
     validation: ValidationConfig = ValidationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     serving: ServingConfig = ServingConfig()
+    rules: RulesConfig = Field(default_factory=list)
+    diversity: DiversityConfig = DiversityConfig()
     #: directory the file was read from; relative paths resolve against it
     base_dir: Path = Field(default=Path("."), exclude=True)
 

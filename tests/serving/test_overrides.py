@@ -1,0 +1,156 @@
+"""The rule-override rate: exact on a crafted request stream, the alarm's crossing and recovery,
+Prometheus counters in a private registry, the rolling window and thread safety."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+
+import numpy as np
+import prometheus_client
+import pytest
+from prometheus_client import CollectorRegistry
+
+from cartwise.config import parse_config
+from serving.candidates import Candidates
+from serving.overrides import OverrideTracker
+from serving.rules import RuleChain, RuleContext
+
+T0 = dt.datetime(2024, 11, 1, tzinfo=dt.timezone.utc)
+K = 5
+CHAIN = RuleChain.from_config(parse_config({"rules": [
+    {"type": "out_of_stock"},
+    {"type": "block", "items": ["top"], "flag": "restricted"},
+]}).rules)
+IDS = ["top", "a", "b", "c", "d", "e", "f"]
+
+
+def _candidates(b_in_stock: bool = True) -> Candidates:
+    stock = np.ones(len(IDS), dtype=bool)
+    stock[2] = b_in_stock
+    return Candidates.from_lists(IDS, np.linspace(1.0, 0.4, len(IDS)), "two_tower",
+                                 ["x", "y", "z", "x", "y", "z", "x"], {"in_stock": stock})
+
+
+def _serve(tracker: OverrideTracker, restricted: bool = False, b_in_stock: bool = True):
+    c = _candidates(b_in_stock)
+    ctx = RuleContext(T0, "DE", {"restricted"} if restricted else set())
+    out, fired = CHAIN.apply(c, ctx, K)
+    return tracker.record(c.head(K), out, fired, K)
+
+
+def _value(reg: CollectorRegistry, name: str, **labels) -> float | None:
+    return reg.get_sample_value(name, labels)
+
+
+def test_crafted_stream_rate_alarm_and_recovery(caplog):
+    # 200 requests; request j (1-based) carries `restricted` when floor(3j / 20) steps up, so after n
+    # requests floor(3n / 20) <= 0.15 n had their top item blocked: never above the threshold on the
+    # way, exactly 30 of 200 = 0.15 at the end (not above: no alarm). (3 in a row per 20 would cross
+    # early: 16 of 101.) Requests with j % 10 == 5 (never a restricted one: those have j % 10 in
+    # {0, 4, 7}) have b (3rd) out of stock: out_of_stock fires in 20 requests without touching the top item.
+    reg = CollectorRegistry()
+    tr = OverrideTracker(threshold=0.15, window=1000, registry=reg, min_requests=100, rules=CHAIN.names)
+    caplog.set_level(logging.INFO, logger="serving.overrides")
+    for j in range(1, 201):
+        restricted = 3 * j // 20 > 3 * (j - 1) // 20
+        rec = _serve(tr, restricted=restricted, b_in_stock=j % 10 != 5)
+        assert rec.top1_changed == restricted and not (restricted and j % 10 == 5)
+    assert tr.rate() == 0.15 and not tr.alarm
+    rates = tr.rule_rates()
+    assert rates["block"] == {"fired": 0.15, "override": 0.15}
+    assert rates["out_of_stock"] == {"fired": 0.10, "override": 0.0}
+    st = tr.status()
+    assert st["status"] == "ok" and "warning" not in st and st["requests"] == 200
+    # blocked requests keep 4 of 5 (top dropped, f comes in), out-of-stock ones too (b dropped):
+    # mean overlap = (30 x 0.8 + 20 x 0.8 + 150 x 1) / 200 = 0.95
+    assert st["topk_overlap"] == pytest.approx(0.95)
+    assert not caplog.records
+
+    # one more blocked request: 31/201 > 0.15 -> alarm, one warning; 10 more keep it on without repeating it
+    _serve(tr, restricted=True)
+    assert tr.alarm and tr.status()["status"] == "warning" and "warning" in tr.status()
+    for _ in range(10):
+        _serve(tr, restricted=True)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "block 31" in warnings[0].getMessage()
+
+    # 41 overrides: below again once 41 / n <= 0.15, i.e. n >= 274 (273.3...): 63 clean requests after 211
+    for _ in range(62):
+        _serve(tr)
+    assert tr.alarm  # 41 / 273 = 0.1502
+    _serve(tr)
+    assert not tr.alarm and tr.status()["status"] == "ok"  # 41 / 274 = 0.1496
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO]
+
+    # a second crossing warns again (once per crossing)
+    for _ in range(5):
+        _serve(tr, restricted=True)
+    assert tr.alarm and sum(r.levelno == logging.WARNING for r in caplog.records) == 2
+
+    assert _value(reg, "cartwise_rules_requests_total") == 279
+    assert _value(reg, "cartwise_rules_overrides_total") == 46
+    assert _value(reg, "cartwise_rules_fired_total", rule="block") == 46
+    assert _value(reg, "cartwise_rules_fired_total", rule="out_of_stock") == 20
+    assert _value(reg, "cartwise_rules_rule_overrides_total", rule="block") == 46
+    assert _value(reg, "cartwise_rules_rule_overrides_total", rule="out_of_stock") == 0
+    assert _value(reg, "cartwise_rules_override_rate") == pytest.approx(46 / 279)
+    assert _value(reg, "cartwise_rules_override_alarm") == 1
+
+
+def test_no_alarm_before_min_requests_and_the_window_rolls():
+    tr = OverrideTracker(threshold=0.15, window=100, min_requests=10)
+    for _ in range(9):
+        tr.record(["a"], ["b"], ["pin"])
+    assert tr.rate() == 1.0 and not tr.alarm  # 9 < min_requests
+    tr.record(["a"], ["b"], ["pin"])
+    assert tr.alarm
+    for _ in range(100):
+        tr.record(["a"], ["a"], [])
+    assert tr.rate() == 0.0 and not tr.alarm and tr.rule_rates() == {}  # the overrides left the window
+    assert tr.status()["requests"] == 100
+
+
+def test_record_details():
+    tr = OverrideTracker()
+    rec = tr.record(["a", "b", "c"], ["b", "c", "d"], ["x", "x"], k=3)
+    assert rec.top1_changed and rec.overlap == pytest.approx(2 / 3) and rec.fired == ("x",)
+    assert tr.record(["a"], [], ["block"]).top1_changed  # an emptied list changed the top item
+    rec = tr.record([], [], [])
+    assert not rec.top1_changed and rec.overlap == 1.0
+    c = Candidates.from_lists(["a", "b"], [2, 1])
+    assert not tr.record(c, c.head(1), [], k=2).top1_changed
+    assert tr.record(c, c.head(1), [], k=2).overlap == 0.5
+
+
+def test_private_registries_and_config():
+    a, b = OverrideTracker(), OverrideTracker(registry=CollectorRegistry())  # no duplicate-timeseries clash
+    a.record(["x"], ["y"], ["pin"])
+    assert a.registry.get_sample_value("cartwise_rules_requests_total") == 1
+    assert b.registry.get_sample_value("cartwise_rules_requests_total") == 0
+    assert prometheus_client.REGISTRY.get_sample_value("cartwise_rules_requests_total") is None
+    cfg = parse_config({"serving": {"override_alarm_rate": 0.2, "override_window": 500, "override_min_requests": 50}})
+    tr = OverrideTracker.from_config(cfg.serving, rules=["pin"])
+    assert (tr.threshold, tr.window, tr.min_requests) == (0.2, 500, 50)
+    assert tr.registry.get_sample_value("cartwise_rules_fired_total", {"rule": "pin"}) == 0
+    with pytest.raises(ValueError):
+        OverrideTracker(threshold=1.5)
+
+
+def test_thread_safe_counts():
+    # 4 threads x 500 requests, every 5th overridden: exactly 400 of 2000
+    reg = CollectorRegistry()
+    tr = OverrideTracker(window=5000, registry=reg, min_requests=1, threshold=0.5)
+
+    def work():
+        for j in range(500):
+            tr.record(["a"], ["b"] if j % 5 == 0 else ["a"], ["pin"] if j % 5 == 0 else [])
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert tr.rate() == 0.2 and tr.rule_rates()["pin"] == {"fired": 0.2, "override": 0.2}
+    assert reg.get_sample_value("cartwise_rules_requests_total") == 2000
+    assert reg.get_sample_value("cartwise_rules_fired_total", {"rule": "pin"}) == 400
