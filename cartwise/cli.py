@@ -40,6 +40,18 @@ def _build_dataset(args):
     build_dataset.run(_config(args))
 
 
+def _build_ranking_dataset(args):
+    from pipelines import build_ranking_dataset
+
+    build_ranking_dataset.run(_config(args))
+
+
+def _train_ranking(args):
+    from pipelines import train_ranking
+
+    train_ranking.run(_config(args))
+
+
 def _validate(args):
     if args.candidate:
         from pipelines import validate_candidate
@@ -172,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cartwise",
         description="Purchase-optimized recommendations: ingest -> features (Feast) -> point-in-time dataset -> "
-                    "validation (Great Expectations) -> two-tower training (TFRS) -> evaluation -> "
+                    "validation (Great Expectations) -> two-tower and ranking training (TFRS) -> evaluation -> "
                     "export (ScaNN bundle) -> serve (HTTP).",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -191,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "`--repo feature_repo` fills the checked-in repo so `feast` commands work inside it)")
     cmd("build-dataset", _build_dataset, "Build the point-in-time training set of weighted labelled events "
         "(Feast get_historical_features).")
+    cmd("build-ranking-dataset", _build_ranking_dataset, "Build the ranking model's training rows: candidates "
+        "at several cut-offs, features read point in time through Feast, labelled by the purchases that follow.")
     sp = cmd("validate", _validate, "Validate the training set with Great Expectations; exit 1 when an expectation "
              "fails. With --candidate, check a raw file against the blessed reference (the CURRENT bundle's "
              "data): exit 0 pass, 1 blocked, 2 error; writes a JSON verdict and an HTML report.")
@@ -203,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("action", choices=["update"], help="update: embed new or changed items with the CURRENT "
                     "bundle's candidate tower and publish a new bundle")
     cmd("train", _train, "Train the two-tower retrieval model on the validated training set.")
-    sp = cmd("evaluate", _evaluate, "Evaluate the model and the popularity and repeat-purchase baselines on the "
-             "time split of cartwise.yaml, or, with --test-events, the exported bundle on a later raw file.")
+    cmd("train-ranking", _train_ranking, "Train the DCN-v2 ranking model (purchase probability) on the ranking rows.")
+    sp = cmd("evaluate", _evaluate, "Evaluate retrieval + ranking, the two-tower index alone and the baselines "
+             "(popularity, repeat, item-kNN, EASE) on the time split of cartwise.yaml (metrics.json + report.html), or, with --test-events, the exported bundle on a later raw file.")
     sp.add_argument("--test-events", help="raw file of a later period to evaluate the CURRENT bundle on")
     sp.add_argument("--adapter", help="format of --test-events (default: data.adapter)")
     sp.add_argument("--out", help="metrics JSON to write (default: <work_dir>/evaluation/metrics_<file>.json)")

@@ -2,7 +2,8 @@
 
 Where it sits: top layer. Runs every pipeline stage in order (ingest ->
 features -> point-in-time dataset -> Great Expectations validation ->
-two-tower training -> evaluation with baselines -> export), then starts the
+two-tower training -> ranking rows and DCN ranking -> evaluation with
+baselines and the HTML report -> export), then starts the
 real HTTP server on a loopback port, fetches one recommendation over HTTP
 and prints it, and stops the server.
 """
@@ -15,7 +16,8 @@ import httpx
 
 from cartwise.bundle import current_bundle
 from cartwise.config import CartwiseConfig
-from pipelines import build_dataset, build_features, evaluate, export, ingest, train_retrieval, validate_dataset
+from pipelines import (build_dataset, build_features, build_ranking_dataset, evaluate, export, ingest, train_ranking,
+                       train_retrieval, validate_dataset)
 from pipelines.progress import default_log
 from serving.app import create_app
 from serving.pipeline import Recommender
@@ -27,6 +29,8 @@ STAGES = (
     ("build-dataset", build_dataset.run),
     ("validate", validate_dataset.run),
     ("train", train_retrieval.run),
+    ("build-ranking-dataset", build_ranking_dataset.run),
+    ("train-ranking", train_ranking.run),
     ("evaluate", evaluate.run),
     ("export", export.run),
 )
@@ -59,6 +63,7 @@ def run(config: CartwiseConfig, *, log=default_log) -> dict:
     metrics_path = config.work_dir / "evaluation" / "metrics.json"
     log("\n=== summary ===")
     log(f"metrics : {metrics_path}")
+    log(f"report  : {metrics_path.parent / 'report.html'}")
     log(f"bundle  : {bundle_dir}")
     log(f"elapsed : {time.perf_counter() - t0:.0f}s")
     return {"results": results, "response": resp.json(), "bundle": str(bundle_dir)}

@@ -174,16 +174,38 @@ def build(data_dir: Path) -> dict:
     )
     def request_features(inputs: pd.DataFrame) -> pd.DataFrame:
         """Request-time features: hour and weekday of the request, recency, item age, price vs the user's AOV."""
-        ts = pd.to_datetime(inputs[n.REQUEST_TS], unit="s", utc=True)
+        # Feast runs the UDF from its source text, without this module's globals: literals and local imports
+        import pandas as pd
+
+        ts = pd.to_datetime(inputs["request_ts"], unit="s", utc=True)
         out = pd.DataFrame(index=inputs.index)
         out["request_hour"] = ts.dt.hour.astype("int64")
         out["request_weekday"] = ts.dt.weekday.astype("int64")
-        last = inputs[n.USER_LAST_PURCHASE_UNIX].fillna(0)
-        out["days_since_last_purchase"] = ((inputs[n.REQUEST_TS] - last) / 86400.0).where(last > 0, -1.0).astype("float64")
-        first = inputs[n.FIRST_SEEN_UNIX].fillna(inputs[n.REQUEST_TS])
-        out["item_age_days"] = ((inputs[n.REQUEST_TS] - first) / 86400.0).astype("float64")
-        aov = inputs[n.USER_AVG_ORDER_VALUE].fillna(0.0)
-        out["price_to_user_aov"] = (inputs[n.PRICE].fillna(0.0) / aov.where(aov > 0)).fillna(0.0).astype("float64")
+        last = inputs["user_last_purchase_unix"].fillna(0)
+        out["days_since_last_purchase"] = ((inputs["request_ts"] - last) / 86400.0).where(last > 0, -1.0).astype("float64")
+        first = inputs["first_seen_unix"].fillna(inputs["request_ts"])
+        out["item_age_days"] = ((inputs["request_ts"] - first) / 86400.0).astype("float64")
+        aov = inputs["user_avg_order_value"].fillna(0.0)
+        out["price_to_user_aov"] = (inputs["price"].fillna(0.0) / aov.where(aov > 0)).fillna(0.0).astype("float64")
+        return out
+
+    @on_demand_feature_view(
+        sources=[request_context, user_purchase_stats, user_item_history, user_category_history],
+        schema=[Field(name=f, dtype=Float64) for f in n.RANKING_REQUEST_FEATURES],
+        mode="pandas",
+    )
+    def ranking_request_features(inputs: pd.DataFrame) -> pd.DataFrame:
+        """Ranking features that depend on the request time: days since this user last bought this item
+        and this category (-1: never), and the category's share of the user's purchase lines."""
+        import pandas as pd  # run from source text by Feast: no module globals (see request_features)
+
+        out = pd.DataFrame(index=inputs.index)
+        for col, src in (("ui_days_since_purchase", "ui_last_purchase_unix"),
+                         ("uc_days_since_purchase", "uc_last_purchase_unix")):
+            last = inputs[src].fillna(0)
+            out[col] = ((inputs["request_ts"] - last) / 86400.0).where(last > 0, -1.0).astype("float64")
+        total = inputs["user_purchase_count"].fillna(0)
+        out["uc_share"] = (inputs["uc_purchases"].fillna(0) / total.where(total > 0)).fillna(0.0).astype("float64")
         return out
 
     retrieval_query_v1 = FeatureService(
@@ -197,7 +219,8 @@ def build(data_dir: Path) -> dict:
     ranking_v1 = FeatureService(
         name=n.RANKING_SERVICE,
         features=[user_purchase_stats, user_profile, user_purchase_windows, item_purchase_stats,
-                  item_activity_windows, item_content, user_item_history, request_features],
+                  item_activity_windows, item_content, user_item_history, user_category_history,
+                  request_features, ranking_request_features],
         description="Features of the ranking model: user, item, user x item history and request context.",
     )
 

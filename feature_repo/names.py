@@ -129,3 +129,18 @@ USER_CATEGORY_VIEW = "user_category_history"
 SESSION_VIEW = "session_context"
 SESSION_PUSH_SOURCE = "session_push_source"
 RANKING_SERVICE = "ranking_v1"
+
+# --- ranking (issue 5) ---
+UI_DAYS_SINCE_PURCHASE = "ui_days_since_purchase"
+UC_DAYS_SINCE_PURCHASE = "uc_days_since_purchase"
+UC_SHARE = "uc_share"
+RANKING_REQUEST_FEATURES = (UI_DAYS_SINCE_PURCHASE, UC_DAYS_SINCE_PURCHASE, UC_SHARE)
+RANKING_REQUEST_VIEW = "ranking_request_features"
+# scores of the offline candidate sources, computed for every candidate (not only the ones a source found)
+KNN_SCORE = "knn_score"                # item-kNN co-purchase: sum of cosine to the user's items
+KNN_RECENT_SCORE = "knn_recent_score"  # same over the recency-weighted profile
+EASE_SCORE = "ease_score"
+REPEAT_SCORE = "repeat_score"                # the user's purchase lines of the item, 180-day half-life
+REPEAT_RECENT_SCORE = "repeat_recent_score"  # same, 30-day half-life
+SOURCE_SCORES = (KNN_SCORE, KNN_RECENT_SCORE, EASE_SCORE, REPEAT_SCORE, REPEAT_RECENT_SCORE)
+CANDIDATE_SOURCE = "candidate_source"  # which source first proposed the pair (own, item_knn, ease, ...)

@@ -12,10 +12,21 @@ distinct items the user bought in the test window; binary-gain NDCG.
 "new_to_user" removes the items a user bought before the split from both the
 ranking and the relevant set (users left with nothing relevant drop out).
 
-Baselines: `popularity` (most purchased items in the last
-`evaluation.popularity_days` before the split, guests included) and `repeat`
-(the user's own past items ranked by purchases x 0.5^(days since last / 30),
-then filled with popularity).
+Methods, all computed in the same run on the same users:
+`model` (retrieval + ranking: candidates from the user's own items, item-kNN,
+EASE, popularity and the two-tower index, scored by the DCN ranking model on
+Feast features read point in time at the cut-off, with `ranking.new_item_slots`
+positions for items never sold before it), `two_tower` (the retrieval index
+alone), and the baselines of pipelines/baselines.py: `popularity` (last
+`evaluation.popularity_days`), `repeat` (own items by recency-weighted
+purchases), `item_knn` (co-purchase) and `ease`.
+
+Besides the two variants: cohorts (cold items = items first sold in the test
+window, with their recall; light and heavy users), coverage curves, category
+spread, the candidate set's recall (can the ranker even see the purchase?)
+and the ranking's NDCG given the candidates, score samples and the training
+curves; `metrics.json` and `report.html` (pipelines/report.py) in
+`<work_dir>/evaluation/`.
 """
 from __future__ import annotations
 
@@ -32,8 +43,14 @@ from pipelines.build_features import open_store
 from pipelines.build_index import build_searcher
 from pipelines.feature_frames import item_features_as_of, user_features_as_of
 from pipelines.layout import Layout
-from pipelines.manifest import write_json, write_manifest
-from pipelines.metrics import evaluate_lists
+from pipelines.manifest import read_json, write_json, write_manifest
+from pipelines import baselines
+from pipelines.build_ranking_dataset import ranking_rows
+from pipelines.candidates import candidate_recall
+from pipelines.metrics import category_spread_at_k, cohort_recall, coverage_curve, evaluate_lists
+from pipelines.new_items import insert_slots, new_item_lists
+from pipelines.report import write_report
+from pipelines.text_embedding import text_embeddings
 from pipelines.progress import Log, default_log, step
 from pipelines.train_retrieval import CANDIDATE_FLOATS, CANDIDATE_STRINGS, QUERY_FLOATS, QUERY_STRINGS, tensors
 
@@ -89,14 +106,73 @@ def model_lists(embed_query: Callable, searcher, item_ids: np.ndarray, user_fram
 
 
 def score_lists(lists_by_method: Mapping[str, Mapping[str, list[str]]], relevant: Mapping[str, set[str]],
-                history_sets: Mapping[str, set[str]], ks: Sequence[int], catalog: set[str]) -> dict:
-    """Metrics for every method in both variants (all items, new to user)."""
+                history_sets: Mapping[str, set[str]], ks: Sequence[int], catalog: set[str],
+                revenue: Mapping[str, Mapping[str, float]] | None = None,
+                new_to_user_lists: Mapping[str, Mapping[str, list[str]]] | None = None) -> dict:
+    """Metrics for every method in both variants (all items, new to user).
+
+    `new_to_user_lists` gives a method's own list for that variant (already
+    without the user's past items), e.g. when positions are reserved after
+    exclusions as serving does with `exclude_purchased`; other methods are
+    pruned here.
+    """
     new_relevant = {u: rel - history_sets.get(u, set()) for u, rel in relevant.items()}
     out: dict = {"all_items": {}, "new_to_user": {}}
     for method, lists in lists_by_method.items():
-        out["all_items"][method] = evaluate_lists(lists, relevant, ks, catalog)
-        pruned = {u: [i for i in lst if i not in history_sets.get(u, set())] for u, lst in lists.items()}
-        out["new_to_user"][method] = evaluate_lists(pruned, new_relevant, ks, catalog)
+        out["all_items"][method] = evaluate_lists(lists, relevant, ks, catalog, revenue=revenue)
+        if new_to_user_lists and method in new_to_user_lists:
+            pruned = new_to_user_lists[method]
+        else:
+            pruned = {u: [i for i in lst if i not in history_sets.get(u, set())] for u, lst in lists.items()}
+        out["new_to_user"][method] = evaluate_lists(pruned, new_relevant, ks, catalog, revenue=revenue)
+    return out
+
+
+def baseline_lists(train: pd.DataFrame, users: Sequence[str], as_of: pd.Timestamp, popular: Sequence[str],
+                   length: int) -> dict[str, dict[str, list[str]]]:
+    """Lists of every baseline (popularity, repeat, item-kNN, EASE), fitted on `train` before `as_of`."""
+    inter = baselines.Interactions.from_purchases(train, as_of)
+    knn = baselines.ItemKNN().fit(inter.matrix_)
+    ease = baselines.EASE().fit(inter.matrix_)
+    return {
+        "popularity": {u: list(popular[:length]) for u in users},
+        "repeat": baselines.repeat(train, users, as_of, length, popular=popular),
+        "item_knn": baselines.recommend(knn, inter, users, length, popular=popular),
+        "ease": baselines.recommend(ease, inter, users, length, popular=popular),
+    }
+
+
+def test_revenue(test: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """user -> {item: revenue in the test window} (customers)."""
+    t = test[test[n.USER_ID].notna()]
+    value = t[n.QUANTITY].astype(float) * t[n.UNIT_PRICE].astype(float)
+    rev = value.groupby([t[n.USER_ID].astype(str), t[n.ITEM_ID].astype(str)]).sum()
+    out: dict[str, dict[str, float]] = {}
+    for (u, i), v in rev.items():
+        out.setdefault(u, {})[i] = float(v)
+    return out
+
+
+def extra_metrics(lists: Mapping[str, Mapping[str, list[str]]], relevant: Mapping[str, set[str]],
+                  users_by_cohort: Mapping[str, Sequence[str]], cold_items: set[str], categories: Mapping[str, str],
+                  ks: Sequence[int], catalog: set[str]) -> dict:
+    """Cohorts, coverage curves and category spread of every method's lists."""
+    out: dict = {"cohorts": {}, "coverage_curve": {}, "category_spread": {}}
+    cold = out["cohorts"]["cold_items"] = {}
+    for method, ls in lists.items():
+        row: dict = {}
+        for k in ks:
+            c = cohort_recall(ls, relevant, cold_items, k)
+            row["users"], row[f"recall@{k}"] = c["users"], c[f"recall@{k}"]
+        cold[method] = row
+        out["coverage_curve"][method] = coverage_curve(ls, sorted({1, 5, 10, 20, 50, 100, *ks}), catalog)
+        spread: dict = {}
+        for k in ks:
+            spread.update(category_spread_at_k(ls, categories, k))
+        out["category_spread"][method] = spread
+    for cohort, members in users_by_cohort.items():
+        rel = {u: relevant[u] for u in members}
+        out["cohorts"][cohort] = {m: evaluate_lists(ls, rel, ks, catalog) for m, ls in lists.items()}
     return out
 
 
@@ -149,8 +225,44 @@ def evaluate_all(*, history: pd.DataFrame, test: pd.DataFrame, popular: list[str
     return metrics
 
 
+def ranked_lists(config: CartwiseConfig, store, purchases: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Timestamp,
+                 users: Sequence[str], two_tower: Mapping[str, list[str]], scorer, popular: Sequence[str],
+                 length: int) -> tuple[dict[str, list[str]], pd.DataFrame]:
+    """Retrieval + ranking: candidates (own, item-kNN, EASE, popularity, two-tower) scored by the ranker.
+
+    Returns:
+        user -> ranked item ids (filled with `popular` up to `length`), and
+        the scored candidate rows (user_id, item_id, candidate_source, score).
+    """
+    quota = config.ranking.candidates.two_tower
+    extra = {"two_tower": {u: lst[:quota] for u, lst in two_tower.items()}} if quota else None
+    rows, _ = ranking_rows(config, store, purchases, items, cutoff, users, extra=extra)
+    rows["score"] = scorer(rows)
+    rows = rows.sort_values([n.USER_ID, "score", n.ITEM_ID], ascending=[True, False, True], kind="stable")
+    ranked = rows.groupby(n.USER_ID, sort=False)[n.ITEM_ID].apply(list).to_dict()
+    out = {}
+    for u in users:
+        lst = ranked.get(u, [])
+        if len(lst) < length:
+            have = set(lst)
+            lst = lst + [i for i in popular[:length] if i not in have]
+        out[u] = lst
+    return out, rows[[n.USER_ID, n.ITEM_ID, n.CANDIDATE_SOURCE, "score"]]
+
+
+def _training_history(layout: Layout) -> dict:
+    out = {}
+    for name, path in (("retrieval", layout.model / "training_summary.json"),
+                       ("ranking", layout.root / "ranking_model" / "training_summary.json")):
+        if path.is_file():
+            out[name] = read_json(path).get("history", [])
+    return out
+
+
 def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
-    """Evaluate the trained towers on the configured time split; write `<work_dir>/evaluation/metrics.json`."""
+    """Evaluate on the configured time split; write `<work_dir>/evaluation/metrics.json` and `report.html`."""
+    from pipelines.train_ranking import load_scorer
+
     layout = Layout(config.work_dir)
     ev = config.evaluation
     events = pd.read_parquet(layout.ingest / "events.parquet")
@@ -161,6 +273,11 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     if test_p.empty:
         raise ValueError(f"no purchases after {cutoff:%Y-%m-%d}: the test window is empty; move evaluation.split_date")
     history = purchase_history(train_p)
+    users, relevant, hist_sets = test_targets(history, test_p)
+    catalog = set(train_p[n.ITEM_ID].astype(str))
+    max_k = max(ev.k)
+    length = max_k + max((len(s) for s in hist_sets.values()), default=0)
+    popular = popular_items(train_p, cutoff, ev.popularity_days)
     store = open_store(layout.feature_store)
     known = items[items[n.FIRST_SEEN] < cutoff][n.ITEM_ID].astype(str).tolist()
     with step(STAGE, f"embed {len(known):,} items known at the cut-off and build the index", log):
@@ -168,18 +285,72 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
         embed_items = load_tower(layout.model / CANDIDATE_TOWER)
         emb = embed_items(tensors(item_frame, CANDIDATE_STRINGS, CANDIDATE_FLOATS))
         searcher, params = build_searcher(emb, config.retrieval.index)
-    metrics = evaluate_all(
-        history=history, test=test_p, popular=popular_items(train_p, cutoff, ev.popularity_days),
-        catalog=set(train_p[n.ITEM_ID].astype(str)), embed_query=load_tower(layout.model / QUERY_TOWER),
-        searcher=searcher, item_ids=np.asarray(known, dtype=object),
-        user_features=lambda users: user_features_as_of(store, users, cutoff),
-        as_of=cutoff, ks=ev.k, log=log)
+    lists: dict[str, dict[str, list[str]]] = {}
+    with step(STAGE, f"two-tower retrieval for {len(users):,} warm test users", log):
+        lists["two_tower"] = model_lists(load_tower(layout.model / QUERY_TOWER), searcher,
+                                         np.asarray(known, dtype=object),
+                                         user_features_as_of(store, users, cutoff), length)
+    with step(STAGE, "baselines: popularity, repeat, item-kNN, EASE", log):
+        lists.update(baseline_lists(train_p, users, cutoff, popular, length))
+    ranking_dir = layout.root / "ranking_model"
+    candidates = pd.DataFrame()
+    if config.ranking.enabled:
+        if not (ranking_dir / "training_summary.json").is_file():
+            raise FileNotFoundError(f"{ranking_dir}: no ranking model; run `cartwise build-ranking-dataset` and "
+                                    "`cartwise train-ranking`, or set ranking.enabled: false")
+        with step(STAGE, "retrieval + ranking: candidates, point-in-time features, DCN scores", log) as s:
+            ranked, candidates = ranked_lists(config, store, events[events[n.EVENT_TYPE] == n.PURCHASE], items,
+                                              cutoff, users, lists["two_tower"], load_scorer(ranking_dir),
+                                              popular, length)
+            s["result"] = f"{len(candidates):,} candidate rows"
+        r = config.ranking
+        new = items[items[n.FIRST_SEEN] >= cutoff][n.ITEM_ID].astype(str).tolist()
+        # positions are reserved in the list as served: after exclusions, so the new-to-user variant
+        # (the list with `exclude_purchased`) gets them at the same positions
+        ranked_new = {u: [i for i in lst if i not in hist_sets.get(u, set())] for u, lst in ranked.items()}
+        if r.new_item_slots and new:
+            emb_text = text_embeddings(items, dim=config.features.text_embedding_size)
+            cust = train_p[train_p[n.USER_ID].notna()]
+            picks = new_item_lists(emb_text, new, cust, users, cutoff, r.new_item_slots)
+            ranked = insert_slots(ranked, picks, r.new_item_slots, r.new_item_first_position)
+            ranked_new = insert_slots(ranked_new, picks, r.new_item_slots, r.new_item_first_position)
+        lists = {"model": ranked, **lists}
+    revenue = test_revenue(test_p)
+    with step(STAGE, "metrics", log):
+        metrics = score_lists(lists, relevant, hist_sets, ev.k, catalog, revenue,
+                              new_to_user_lists={"model": ranked_new} if "model" in lists else None)
+        lines = train_p[train_p[n.USER_ID].notna()].groupby(n.USER_ID).size()
+        median_lines = float(lines.loc[users].median()) if users else 0.0
+        cohorts = {"light_users": [u for u in users if lines.get(u, 0) <= median_lines],
+                   "heavy_users": [u for u in users if lines.get(u, 0) > median_lines]}
+        cold_items = set(test_p[n.ITEM_ID].astype(str)) - set(train_p[n.ITEM_ID].astype(str))
+        categories = items.set_index(n.ITEM_ID)[n.CATEGORY].astype(str).to_dict()
+        metrics.update(extra_metrics(lists, relevant, cohorts, cold_items, categories, ev.k, catalog))
+        if not candidates.empty:
+            cand_rel = {u: relevant[u] & set(g) for u, g in candidates.groupby(n.USER_ID)[n.ITEM_ID]}
+            metrics["candidates"] = {
+                "recall": round(candidate_recall(candidates, relevant), 4),
+                "per_user": round(float(candidates.groupby(n.USER_ID).size().mean()), 1),
+                "by_source": {k: int(v) for k, v in candidates[n.CANDIDATE_SOURCE].value_counts().items()},
+                f"ranking_ndcg@{min(ev.k)}_given_candidates":
+                    evaluate_lists(lists["model"], cand_rel, [min(ev.k)], catalog)[f"ndcg@{min(ev.k)}"],
+            }
+            sample = candidates["score"].sample(min(5000, len(candidates)), random_state=0)
+            metrics["scores"] = {"model": [round(float(x), 4) for x in sample]}
+    metrics["training"] = _training_history(layout)
+    metrics["test_users"] = len(users)
+    metrics["test_purchases"] = int(len(test_p))
+    metrics["catalog_items"] = len(catalog)
+    metrics["cold_items"] = {"items": len(cold_items), "test_lines": int(test_p[n.ITEM_ID].astype(str).isin(cold_items).sum())}
     metrics["split"] = {"train_end": str(ev.split_date), "cutoff": cutoff.isoformat(),
                         "test_end": str(ev.test_end) if ev.test_end else None}
     metrics["index"] = params
     write_json(layout.evaluation / "metrics.json", metrics)
-    write_manifest(layout.evaluation, STAGE, {"model": str(layout.model)}, ev, {"metrics": "metrics.json"})
+    report = write_report(metrics, layout.evaluation / "report.html")
+    write_manifest(layout.evaluation, STAGE, {"model": str(layout.model), "ranking_model": str(ranking_dir)}, ev,
+                   {"metrics": "metrics.json", "report": "report.html"})
     log(format_table(metrics, ev.k))
+    log(f"[{STAGE}] report: {report}")
     return metrics
 
 

@@ -16,6 +16,8 @@ SMALL = {
     "evaluation": {"split_date": "2011-04-10", "k": [5, 10]},
     "validation": {"min_rows": 100},
     "model": {"epochs": 5, "batch_size": 128, "embedding_size": 8, "learning_rate": 0.1, "seed": 7},
+    "ranking": {"label_days": 30, "cutoffs_days_before_end": [0, 14], "epochs": 2, "batch_size": 256,
+                "hidden": [16], "candidates": {"item_knn": 10, "ease": 10, "popularity": 10, "two_tower": 10}},
 }
 
 
@@ -26,7 +28,8 @@ def quiet(_msg: str) -> None:
 @pytest.fixture(scope="session")
 def trained_shop(tmp_path_factory):
     """Config and stage results of the synthetic shop after every pipeline stage up to export."""
-    from pipelines import build_dataset, build_features, evaluate, export, train_retrieval, validate_dataset
+    from pipelines import (build_dataset, build_features, build_ranking_dataset, evaluate, export, train_ranking,
+                           train_retrieval, validate_dataset)
 
     base = tmp_path_factory.mktemp("shop")
     cfg = parse_config(SMALL, base_dir=base)
@@ -34,6 +37,7 @@ def trained_shop(tmp_path_factory):
     write_ingest(cfg.work_dir, events, items)
     results = {}
     for name, mod in (("features", build_features), ("dataset", build_dataset), ("validate", validate_dataset),
-                      ("train", train_retrieval), ("evaluate", evaluate), ("export", export)):
+                      ("train", train_retrieval), ("ranking_dataset", build_ranking_dataset),
+                      ("train_ranking", train_ranking), ("evaluate", evaluate), ("export", export)):
         results[name] = mod.run(cfg, log=quiet)
     return cfg, events, items, results

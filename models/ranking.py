@@ -1,0 +1,105 @@
+"""Ranking: purchase probability of a (user, candidate item) pair, DCN-v2 over point-in-time features.
+
+Where it sits: `pipelines/build_ranking_dataset.py` makes the rows (candidates
+at cut-offs, features from Feast, purchase labels) -> `pipelines/train_ranking.py`
+fits :class:`RankingModel` -> the tower is saved as a SavedModel with a
+`score` function -> evaluation and serving score candidate rows with it.
+
+The tower is a plain Keras model (STYLE.md 4); `RankingModel` only wires it
+to `tfrs.tasks.Ranking`, which owns the loss (binary cross-entropy on the
+logit) and the metrics.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+#: input key of the pre-stacked feature matrix [B, F]
+STACKED = "features"
+
+
+def signed_log1p(x: tf.Tensor) -> tf.Tensor:
+    """sign(x) * log(1 + |x|): counts, revenues and day gaps spread over orders of magnitude."""
+    return tf.sign(x) * tf.math.log1p(tf.abs(x))
+
+
+class RankingTower(tf.keras.Model):
+    """Float features -> purchase logit: signed log1p, standardisation, DCN-v2 cross layers, an MLP.
+
+    Args:
+        feature_names: names of the float inputs, in a fixed order.
+        cross_layers: number of `tfrs.layers.dcn.Cross` layers (0: MLP only).
+        hidden: MLP widths.
+
+    Call:
+        inputs: {name: float [B]} for every feature name -> float [B] logits.
+    """
+
+    def __init__(self, feature_names: Sequence[str], cross_layers: int = 2, hidden: Sequence[int] = (128, 64), **kw):
+        super().__init__(**kw)
+        self.feature_names = list(feature_names)
+        self.norm = tf.keras.layers.Normalization(axis=-1)
+        self.crosses = [tfrs.layers.dcn.Cross() for _ in range(cross_layers)]
+        self.mlp = [tf.keras.layers.Dense(h, activation="relu") for h in hidden]
+        self.out = tf.keras.layers.Dense(1)
+
+    def stack(self, inputs) -> tf.Tensor:
+        """The inputs as one float [B, F] matrix, signed-log compressed.
+
+        `inputs` is {name: [B]} per feature, or {STACKED: [B, F]} with the
+        columns in `feature_names` order (training feeds one matrix: slicing
+        42 columns per batch costs more than the model itself).
+        """
+        if STACKED in inputs:
+            x = tf.cast(inputs[STACKED], tf.float32)
+        else:
+            x = tf.stack([tf.cast(inputs[f], tf.float32) for f in self.feature_names], axis=1)
+        return signed_log1p(x)
+
+    def adapt(self, inputs: dict[str, np.ndarray]) -> None:
+        """Learn the standardisation from training rows (before fitting)."""
+        self.norm.adapt(self.stack(inputs))
+
+    def call(self, inputs):
+        x0 = self.norm(self.stack(inputs))
+        x = x0
+        for cross in self.crosses:
+            x = cross(x0, x)
+        for dense in self.mlp:
+            x = dense(x)
+        return tf.squeeze(self.out(x), axis=1)
+
+
+class RankingModel(tfrs.Model):
+    """Weighted binary cross-entropy of the purchase label on the tower's logit.
+
+    Inputs to `compute_loss`: the tower's features plus "label" (float [B],
+    1 = bought in the label window) and "weight" (float [B]).
+    """
+
+    def __init__(self, tower: RankingTower):
+        super().__init__()
+        self.tower = tower
+        self.task = tfrs.tasks.Ranking(
+            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=[tf.keras.metrics.AUC(name="auc", from_logits=True)],
+        )
+
+    def compute_loss(self, features, training=False):
+        # Keras losses reduce the last axis: labels and logits as [B, 1] so each row keeps its own weight
+        logits = self.tower(features, training=training)[:, None]
+        labels = tf.cast(features["label"], tf.float32)[:, None]
+        return self.task(labels=labels, predictions=logits, sample_weight=features.get("weight"))
+
+
+class ScoringModule(tf.Module):
+    """The ranking tower with a fixed signature, for `tf.saved_model.save`: `score(inputs) -> logits [B]`."""
+
+    def __init__(self, tower: RankingTower):
+        super().__init__()
+        self.tower = tower
+        spec = {f: tf.TensorSpec([None], tf.float32, name=f) for f in tower.feature_names}
+        self.score = tf.function(lambda inputs: self.tower(inputs), input_signature=[spec])
