@@ -2,88 +2,214 @@
 
 Where it sits: `pipelines/train_retrieval.py` builds them with vocabularies
 and feature names from the training set; `RetrievalModel` wires them to the
-TFRS retrieval task; export saves the query tower (SavedModel) and the
-candidate embeddings (ScaNN index).
+TFRS retrieval task; training saves both towers (SavedModel) and evaluation
+and export embed users and the catalog with them.
 
-Both are plain Keras models over a dict of 1-D tensors (batch B):
-string ids of shape [B] and float features of shape [B].
+Both are plain Keras models over a dict of tensors (batch B): string
+features of shape [B], float features of shape [B] and, for the candidate
+tower, dense vectors of shape [B, T] (the description embedding).
+
+Each tower is the sum of two paths:
+
+* an **id path** (the learned id embedding; on the item side optionally its
+  sales statistics), zeroed for an id outside the vocabulary and, during training,
+  for a random share `id_dropout` of the examples;
+* a **feature path** (user: history statistics and session context; item:
+  category, price band, price and description embedding) that every id has.
+
+Zeroing the id path on a random share of training examples trains the
+feature path to stand on its own, so an item or user the model never saw is
+embedded from what is known about it (its content, its session) instead of
+from one shared out-of-vocabulary row (the input dropout of Volkovs et al.,
+"DropoutNet", NeurIPS 2017). The feature path is an MLP over all features
+plus, linearly, the embeddings of its categorical features (category, price
+band; session category, device), so a category moves the embedding even in
+a region of the inputs training saw little of (an anonymous session has
+zero statistics).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import tensorflow as tf
 
+#: String values that mean "not known" and share the out-of-vocabulary row with unseen values.
+MISSING_TOKENS = ("", "unknown", "nan", "None")
 
-def _numeric_block(names: Sequence[str], embedding_size: int, name: str) -> tf.keras.layers.Layer:
+
+#: Stands in for an empty vocabulary (StringLookup refuses one); no input carries it.
+_EMPTY_VOCAB = ("\x00",)
+
+
+def _vocab(values: Sequence[str]) -> list[str]:
+    # StringLookup refuses duplicates; "unknown" must fall into the OOV row (index 0)
+    return sorted({str(v) for v in values} - set(MISSING_TOKENS)) or list(_EMPTY_VOCAB)
+
+
+def _log_features(inputs, names: Sequence[str]) -> tf.Tensor:
+    """[B, F]: log1p of the non-negative part of each float input (counts and money are heavy-tailed)."""
+    return tf.stack([tf.math.log1p(tf.maximum(tf.cast(inputs[f], tf.float32), 0.0)) for f in names], axis=1)
+
+
+def _mlp(embedding_size: int, name: str) -> tf.keras.Sequential:
     return tf.keras.Sequential(
-        [tf.keras.layers.Dense(embedding_size, activation="relu"), tf.keras.layers.Dense(embedding_size)],
+        [tf.keras.layers.Dense(2 * embedding_size, activation="relu"), tf.keras.layers.Dense(embedding_size)],
         name=name,
     )
 
 
-class QueryTower(tf.keras.Model):
-    """User side: a learned id embedding plus a projection of the user's features.
+class _IdPath(tf.keras.layers.Layer):
+    """Id embedding times a keep mask: 0 for out-of-vocabulary ids and, in training, for a random share.
 
-    Unknown ids map to one out-of-vocabulary row; serving sends unknown users
-    to the cold-start route instead of relying on it.
+    Args:
+        vocab: known ids.
+        embedding_size: D.
+        dropout: share of training examples whose id path is zeroed.
+        seed: op seed of the dropout draw.
+
+    Call:
+        ids: string [B] -> (embedding float [B, D], keep float [B, 1]).
+    """
+
+    def __init__(self, vocab: Sequence[str], embedding_size: int, dropout: float, seed: int | None, **kw):
+        super().__init__(**kw)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"id dropout must be in [0, 1), got {dropout}")
+        self.dropout, self.seed = float(dropout), seed
+        self.lookup = tf.keras.layers.StringLookup(vocabulary=_vocab(vocab), mask_token=None)
+        self.embedding = tf.keras.layers.Embedding(self.lookup.vocabulary_size(), embedding_size)
+
+    def call(self, ids, training=False):
+        idx = self.lookup(ids)
+        keep = tf.cast(idx > 0, tf.float32)[:, None]
+        if training and self.dropout > 0.0:
+            draw = tf.random.uniform(tf.shape(keep), seed=self.seed)
+            keep *= tf.cast(draw >= self.dropout, tf.float32)
+        return self.embedding(idx) * keep, keep
+
+
+class _StringEmbedding(tf.keras.layers.Layer):
+    """A categorical feature as an embedding; missing and unseen values share the OOV row (index 0)."""
+
+    def __init__(self, vocab: Sequence[str], embedding_size: int, **kw):
+        super().__init__(**kw)
+        self.lookup = tf.keras.layers.StringLookup(vocabulary=_vocab(vocab), mask_token=None)
+        self.embedding = tf.keras.layers.Embedding(self.lookup.vocabulary_size(), embedding_size)
+
+    def call(self, values):
+        return self.embedding(self.lookup(values))
+
+
+class QueryTower(tf.keras.Model):
+    """User side: id path (user id) + feature path (history statistics, session context).
+
+    An unknown user (id outside the vocabulary) with zero statistics is
+    embedded from its session context alone (e.g. the category of the item
+    being viewed, the device), so two anonymous sessions in different
+    categories get different embeddings.
 
     Args:
         user_vocab: known user ids.
         numeric_features: names of float inputs (log1p-compressed inside).
         embedding_size: output size D.
+        context_vocabs: session-context string inputs and their known values,
+            e.g. `{"session_category": [...], "session_device": [...]}`; a
+            missing input, "unknown" or an unseen value use the OOV row.
+        id_dropout: share of training examples whose user id path is zeroed.
+        id_key: name of the id input.
+        seed: op seed of the dropout draw.
 
     Call:
-        inputs: {"user_id": string [B], <numeric>: float [B] ...} -> float [B, D].
+        inputs: {id_key: string [B], <context>: string [B], <numeric>: float [B]} -> float [B, D].
     """
 
-    def __init__(self, user_vocab: Sequence[str], numeric_features: Sequence[str], embedding_size: int, **kw):
+    def __init__(self, user_vocab: Sequence[str], numeric_features: Sequence[str], embedding_size: int, *,
+                 context_vocabs: Mapping[str, Sequence[str]] | None = None, id_dropout: float = 0.0,
+                 id_key: str = "user_id", seed: int | None = None, **kw):
         super().__init__(**kw)
+        self.id_key = id_key
         self.numeric_features = list(numeric_features)
-        self.lookup = tf.keras.layers.StringLookup(vocabulary=list(user_vocab), mask_token=None)
-        self.embedding = tf.keras.layers.Embedding(len(user_vocab) + 1, embedding_size)
-        self.numeric = _numeric_block(self.numeric_features, embedding_size, "user_numeric")
+        self.context_features = list(context_vocabs or {})
+        self.id_path = _IdPath(user_vocab, embedding_size, id_dropout, seed, name="user_id_path")
+        self.context = {f: _StringEmbedding(v, embedding_size, name=f"{f}_embedding")
+                        for f, v in (context_vocabs or {}).items()}
+        self.feature_mlp = _mlp(embedding_size, "user_features") if (self.numeric_features or self.context) else None
 
-    def call(self, inputs):
-        emb = self.embedding(self.lookup(inputs["user_id"]))
-        if not self.numeric_features:
+    def call(self, inputs, training=False):
+        emb, _ = self.id_path(inputs[self.id_key], training=training)
+        if self.feature_mlp is None:
             return emb
-        x = tf.stack([tf.math.log1p(tf.maximum(tf.cast(inputs[f], tf.float32), 0.0))
-                      for f in self.numeric_features], axis=1)
-        return emb + self.numeric(x)
+        batch = tf.shape(inputs[self.id_key])[0]
+        context = [self.context[f](inputs[f] if f in inputs else tf.fill([batch], "unknown"))
+                   for f in self.context_features]
+        numeric = [_log_features(inputs, self.numeric_features)] if self.numeric_features else []
+        out = emb + self.feature_mlp(tf.concat(numeric + context, axis=1))
+        # the context embeddings also enter linearly: an anonymous session (zero statistics, a
+        # state few training rows are in) still moves with its category, whatever the MLP learned
+        return out + tf.add_n(context) if context else out
 
 
 class CandidateTower(tf.keras.Model):
-    """Item side: id embedding + category embedding + projection of numeric item features.
+    """Item side: id path (item id, optional sales statistics) + content path (category, price band, price, text).
 
-    The category and numeric part give an item with few or no purchases an
-    embedding near its peers (content), not only its id row.
+    An item the model never saw (id outside the vocabulary) gets exactly the
+    content path, which id dropout trained to rank on its own; sales
+    statistics, if any, sit in the id path because a new item has none.
 
     Args:
         item_vocab: known item ids.
-        category_vocab: known categories.
-        numeric_features: names of float inputs (log1p-compressed inside).
+        content_vocabs: categorical content inputs and their known values,
+            e.g. `{"category": [...], "price_band": [...]}`.
+        content_floats: float content inputs (log1p-compressed), e.g. `["price"]`.
+        vector_sizes: dense vector inputs and their width T, e.g.
+            `{"item_text_embedding": 16}`; a shorter row (an item without
+            text) is zero-padded, a longer one truncated.
         embedding_size: output size D.
+        stats_floats: float sales statistics of the id path (log1p-compressed);
+            zeroed with the id, so a new item's embedding never depends on them.
+        id_dropout: share of training examples whose id path is zeroed.
+        id_key: name of the id input.
+        seed: op seed of the dropout draw.
 
     Call:
-        inputs: {"item_id": string [B], "category": string [B], <numeric>: float [B]} -> float [B, D].
+        inputs: {id_key: string [B], <content>: string [B], <floats>: float [B],
+        <vector>: float [B, T]} -> float [B, D].
     """
 
-    def __init__(self, item_vocab: Sequence[str], category_vocab: Sequence[str],
-                 numeric_features: Sequence[str], embedding_size: int, **kw):
+    def __init__(self, item_vocab: Sequence[str], content_vocabs: Mapping[str, Sequence[str]],
+                 content_floats: Sequence[str], vector_sizes: Mapping[str, int], embedding_size: int, *,
+                 stats_floats: Sequence[str] = (), id_dropout: float = 0.0, id_key: str = "item_id",
+                 seed: int | None = None, **kw):
         super().__init__(**kw)
-        self.numeric_features = list(numeric_features)
-        self.item_lookup = tf.keras.layers.StringLookup(vocabulary=list(item_vocab), mask_token=None)
-        self.item_embedding = tf.keras.layers.Embedding(len(item_vocab) + 1, embedding_size)
-        self.category_lookup = tf.keras.layers.StringLookup(vocabulary=list(category_vocab), mask_token=None)
-        self.category_embedding = tf.keras.layers.Embedding(len(category_vocab) + 1, embedding_size)
-        self.numeric = _numeric_block(self.numeric_features, embedding_size, "item_numeric")
+        self.id_key = id_key
+        self.content_strings = list(content_vocabs)
+        self.content_floats = list(content_floats)
+        self.vector_sizes = {k: int(v) for k, v in vector_sizes.items() if int(v) > 0}  # width 0: no data, ignored
+        self.stats_floats = list(stats_floats)
+        self.id_path = _IdPath(item_vocab, embedding_size, id_dropout, seed, name="item_id_path")
+        self.content_embeddings = {f: _StringEmbedding(v, embedding_size, name=f"{f}_embedding")
+                                   for f, v in content_vocabs.items()}
+        has_content = self.content_strings or self.content_floats or self.vector_sizes
+        self.content = _mlp(embedding_size, "item_content") if has_content else None
+        self.stats = _mlp(embedding_size, "item_stats") if self.stats_floats else None
 
-    def call(self, inputs):
-        out = self.item_embedding(self.item_lookup(inputs["item_id"]))
-        out += self.category_embedding(self.category_lookup(inputs["category"]))
-        if self.numeric_features:
-            x = tf.stack([tf.math.log1p(tf.maximum(tf.cast(inputs[f], tf.float32), 0.0))
-                          for f in self.numeric_features], axis=1)
-            out += self.numeric(x)
+    def _vector(self, x, width: int) -> tf.Tensor:
+        x = tf.cast(x, tf.float32)[:, :width]
+        x = tf.pad(x, [[0, 0], [0, width - tf.shape(x)[1]]])
+        return tf.ensure_shape(tf.reshape(x, [-1, width]), [None, width])  # the SavedModel signature leaves T free
+
+    def call(self, inputs, training=False):
+        out, keep = self.id_path(inputs[self.id_key], training=training)
+        if self.stats is not None:
+            out += self.stats(_log_features(inputs, self.stats_floats)) * keep
+        if self.content is not None:
+            categorical = [self.content_embeddings[f](inputs[f]) for f in self.content_strings]
+            parts = list(categorical)
+            if self.content_floats:
+                parts.append(_log_features(inputs, self.content_floats))
+            parts += [self._vector(inputs[f], w) for f, w in self.vector_sizes.items()]
+            out += self.content(tf.concat(parts, axis=1))
+            if categorical:
+                # also linearly, as on the query side (cold items: NDCG@10 0.098 -> 0.116 on Online Retail)
+                out += tf.add_n(categorical)
         return out

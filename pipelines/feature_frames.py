@@ -25,11 +25,31 @@ def _as_of(store, key: str, ids, as_of: pd.Timestamp, views) -> pd.DataFrame:
     return out.drop(columns=[n.EVENT_TIMESTAMP])
 
 
+#: Session context of a batch query: a user looked up at an instant has no live session
+#: (serving fills these from the request), which is also what the query tower was trained
+#: on for purchases without earlier events in their session.
+NO_SESSION = {n.SESSION_CATEGORY: "unknown", n.SESSION_DEVICE: "unknown"}
+
+
 def user_features_as_of(store, user_ids, as_of: pd.Timestamp) -> pd.DataFrame:
-    """user_id + names.USER_FEATURES for each user, as of `as_of` (0 when no history)."""
-    return _as_of(store, n.USER_ID, user_ids, as_of, [definitions.user_purchase_stats])
+    """Query-tower inputs for each user as of `as_of`.
+
+    Returns:
+        user_id, names.USER_FEATURES (0 when no history) and the session
+        context columns of :data:`NO_SESSION`.
+    """
+    out = _as_of(store, n.USER_ID, user_ids, as_of, [definitions.user_purchase_stats])
+    for col, value in NO_SESSION.items():
+        out[col] = pd.Series([value] * len(out), index=out.index, dtype=object)
+    return out
 
 
 def item_features_as_of(store, item_ids, as_of: pd.Timestamp) -> pd.DataFrame:
-    """item_id + content and sales features for each item, as of `as_of`."""
+    """Candidate-tower inputs for each item as of `as_of`.
+
+    Returns:
+        item_id, the item_content features (category, price, price band, the
+        description embedding as a float list, ...) and the item_purchase_stats
+        features; an item without a content row gets "unknown" and an empty list.
+    """
     return _as_of(store, n.ITEM_ID, item_ids, as_of, [definitions.item_content, definitions.item_purchase_stats])
