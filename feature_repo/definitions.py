@@ -195,8 +195,9 @@ def build(data_dir: Path) -> dict:
         mode="pandas",
     )
     def ranking_request_features(inputs: pd.DataFrame) -> pd.DataFrame:
-        """Ranking features that depend on the request time: days since this user last bought this item
-        and this category (-1: never), and the category's share of the user's purchase lines."""
+        """Ranking features that depend on the request time: days since this user last (and first) bought
+        this item and this category (-1: never), the category's share of the user's purchase lines, and the
+        user's mean interval between purchase days of the item (-1: fewer than two)."""
         import pandas as pd  # run from source text by Feast: no module globals (see request_features)
 
         out = pd.DataFrame(index=inputs.index)
@@ -206,6 +207,14 @@ def build(data_dir: Path) -> dict:
             out[col] = ((inputs["request_ts"] - last) / 86400.0).where(last > 0, -1.0).astype("float64")
         total = inputs["user_purchase_count"].fillna(0)
         out["uc_share"] = (inputs["uc_purchases"].fillna(0) / total.where(total > 0)).fillna(0.0).astype("float64")
+        first = inputs["ui_first_purchase_unix"].fillna(0)
+        since_first = ((inputs["request_ts"] - first) / 86400.0).where(first > 0, -1.0)
+        out["ui_days_since_first_purchase"] = since_first.astype("float64")
+        days = inputs["ui_purchase_days"].fillna(0)
+        # mean gap between purchase days: (last - first) / (days - 1); -1 with fewer than two days
+        last = inputs["ui_last_purchase_unix"].fillna(0)
+        gap = ((last - first) / 86400.0 / (days - 1).where(days > 1)).fillna(-1.0)
+        out["ui_repurchase_interval"] = gap.astype("float64")
         return out
 
     retrieval_query_v1 = FeatureService(

@@ -281,6 +281,9 @@ def _cumulative(e: pd.DataFrame, keys: list[str], sums: dict[str, str], maxes: d
     return _stamp(daily.drop(columns="_day"))
 
 
+_NEVER = -(2 ** 62)  # "no purchase yet" in a running max of -time
+
+
 def _last_unix(e: pd.DataFrame, flag: str) -> pd.Series:
     """Unix seconds of the event where `flag` is 1, else 0 (so a running max is 'last time')."""
     return _unix(e[n.EVENT_TIMESTAMP]).where(e[flag] == 1, 0)
@@ -295,8 +298,15 @@ def user_item_history(events: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in cols})
     e["_lp"] = _last_unix(e, "_purchase")
     e["_ls"] = _unix(e[n.EVENT_TIMESTAMP])
-    out = _cumulative(e, [n.USER_ID, n.ITEM_ID], {n.UI_PURCHASES: "_purchase", n.UI_CARTS: "_cart", n.UI_VIEWS: "_view"},
-                      {n.UI_LAST_PURCHASE_UNIX: "_lp", n.UI_LAST_SEEN_UNIX: "_ls"})
+    # one per (user, item, day) with a purchase, so the running sum counts purchase days
+    e["_pday"] = ((e["_purchase"] == 1) & ~e.duplicated([n.USER_ID, n.ITEM_ID, "_day", "_purchase"])).astype("int64")
+    # running max of -time is minus the first purchase time; rows without a purchase must never win it
+    e["_nfp"] = (-_unix(e[n.EVENT_TIMESTAMP])).where(e["_purchase"] == 1, _NEVER)
+    out = _cumulative(e, [n.USER_ID, n.ITEM_ID], {n.UI_PURCHASES: "_purchase", n.UI_CARTS: "_cart", n.UI_VIEWS: "_view",
+                                                  n.UI_PURCHASE_DAYS: "_pday"},
+                      {n.UI_LAST_PURCHASE_UNIX: "_lp", n.UI_LAST_SEEN_UNIX: "_ls", n.UI_FIRST_PURCHASE_UNIX: "_nfp"})
+    first = -out[n.UI_FIRST_PURCHASE_UNIX]
+    out[n.UI_FIRST_PURCHASE_UNIX] = first.where(out[n.UI_FIRST_PURCHASE_UNIX] != _NEVER, 0).astype("int64")
     return out[cols].reset_index(drop=True)
 
 

@@ -105,7 +105,10 @@ TEXT_EMBEDDING = "item_text_embedding"
 
 UI_PURCHASES, UI_CARTS, UI_VIEWS = "ui_purchases", "ui_carts", "ui_views"
 UI_LAST_PURCHASE_UNIX, UI_LAST_SEEN_UNIX = "ui_last_purchase_unix", "ui_last_seen_unix"
-USER_ITEM_FEATURES = (UI_PURCHASES, UI_CARTS, UI_VIEWS, UI_LAST_PURCHASE_UNIX, UI_LAST_SEEN_UNIX)
+UI_PURCHASE_DAYS = "ui_purchase_days"              # days on which the user bought the item (repeat habit)
+UI_FIRST_PURCHASE_UNIX = "ui_first_purchase_unix"  # 0 when never bought
+USER_ITEM_FEATURES = (UI_PURCHASES, UI_CARTS, UI_VIEWS, UI_LAST_PURCHASE_UNIX, UI_LAST_SEEN_UNIX,
+                      UI_PURCHASE_DAYS, UI_FIRST_PURCHASE_UNIX)
 UC_PURCHASES, UC_VIEWS, UC_LAST_PURCHASE_UNIX = "uc_purchases", "uc_views", "uc_last_purchase_unix"
 USER_CATEGORY_FEATURES = (UC_PURCHASES, UC_VIEWS, UC_LAST_PURCHASE_UNIX)
 
@@ -134,7 +137,10 @@ RANKING_SERVICE = "ranking_v1"
 UI_DAYS_SINCE_PURCHASE = "ui_days_since_purchase"
 UC_DAYS_SINCE_PURCHASE = "uc_days_since_purchase"
 UC_SHARE = "uc_share"
-RANKING_REQUEST_FEATURES = (UI_DAYS_SINCE_PURCHASE, UC_DAYS_SINCE_PURCHASE, UC_SHARE)
+UI_DAYS_SINCE_FIRST_PURCHASE = "ui_days_since_first_purchase"
+UI_REPURCHASE_INTERVAL = "ui_repurchase_interval"  # mean days between the user's purchase days of the item
+RANKING_REQUEST_FEATURES = (UI_DAYS_SINCE_PURCHASE, UC_DAYS_SINCE_PURCHASE, UC_SHARE, UI_DAYS_SINCE_FIRST_PURCHASE,
+                            UI_REPURCHASE_INTERVAL)
 RANKING_REQUEST_VIEW = "ranking_request_features"
 # scores of the offline candidate sources, computed for every candidate (not only the ones a source found)
 KNN_SCORE = "knn_score"                # item-kNN co-purchase: sum of cosine to the user's items

@@ -46,8 +46,9 @@ def test_model_beats_popularity_and_metrics_are_reported(trained_shop):
     _, _, _, results = trained_shop
     m = results["evaluate"]
     for variant in ("all_items", "new_to_user"):
-        assert set(m[variant]) == {"model", "popularity", "repeat"}
-        assert m[variant]["model"]["ndcg@10"] > m[variant]["popularity"]["ndcg@10"] + 0.1
+        assert set(m[variant]) == {"model", "two_tower", "popularity", "repeat", "item_knn", "ease"}
+        for method in ("model", "two_tower"):
+            assert m[variant][method]["ndcg@10"] > m[variant]["popularity"]["ndcg@10"] + 0.1, (variant, method)
     assert m["test_users"] > 30
 
 

@@ -23,11 +23,14 @@ def test_request_time_udf_matches_declared_names():
     udf = definitions.ranking_request_features.feature_transformation.udf
     day = 86400
     frame = pd.DataFrame({n.REQUEST_TS: [10 * day, 10 * day], n.UI_LAST_PURCHASE_UNIX: [7 * day, 0],
+                          n.UI_FIRST_PURCHASE_UNIX: [1 * day, 0], n.UI_PURCHASE_DAYS: [3, 0],
                           n.UC_LAST_PURCHASE_UNIX: [9 * day, 0], n.USER_PURCHASE_COUNT: [4, 0],
                           n.UC_PURCHASES: [1, 0]})
     out = udf(frame)
     assert tuple(out.columns) == n.RANKING_REQUEST_FEATURES
     assert out[n.UI_DAYS_SINCE_PURCHASE].tolist() == [3.0, -1.0]  # 10 - 7 days; never bought -> -1
+    assert out[n.UI_DAYS_SINCE_FIRST_PURCHASE].tolist() == [9.0, -1.0]
+    assert out[n.UI_REPURCHASE_INTERVAL].tolist() == [3.0, -1.0]  # days 1 .. 7 over 3 purchase days: 6 / 2
     assert out[n.UC_DAYS_SINCE_PURCHASE].tolist() == [1.0, -1.0]
     assert out[n.UC_SHARE].tolist() == [0.25, 0.0]
 
@@ -57,9 +60,11 @@ def test_ranking_rows_are_point_in_time_and_labelled_by_the_window(trained_shop)
         expect = [float((u, i) in bought) for u, i in zip(block[n.USER_ID], block[n.ITEM_ID])]
         assert block[n.LABEL].tolist() == expect
         counts = before.groupby([n.USER_ID, n.ITEM_ID]).size()
-        got = block.set_index([n.USER_ID, n.ITEM_ID])[n.UI_PURCHASES]
-        want = counts.reindex(got.index).fillna(0).astype(float)
-        np.testing.assert_array_equal(got.to_numpy(), want.to_numpy())
+        days = before.groupby([n.USER_ID, n.ITEM_ID])[n.EVENT_TIMESTAMP].agg(lambda t: t.dt.floor("D").nunique())
+        keyed = block.set_index([n.USER_ID, n.ITEM_ID])
+        for col, oracle in ((n.UI_PURCHASES, counts), (n.UI_PURCHASE_DAYS, days)):
+            want = oracle.reindex(keyed.index).fillna(0).astype(float)
+            np.testing.assert_array_equal(keyed[col].to_numpy(), want.to_numpy(), err_msg=col)
         assert (block.loc[block[n.LABEL] == 1, n.WEIGHT] >= 1.0).all()
         assert (block.loc[block[n.LABEL] == 0, n.WEIGHT] == 1.0).all()
     assert results["ranking_dataset"]["positives"] > 0
