@@ -42,6 +42,10 @@ ITEM_FEATURES = "item_features.parquet"  # candidate-tower inputs of every index
 REFERENCE_DIR = "reference"  # drift reference profiles of the data the bundle was built from
 GOLDEN_DIR = "golden"  # golden queries replayed at load: inputs, their embeddings, the index's answers
 GOLDEN_INPUTS, GOLDEN_QUERIES, GOLDEN_EXPECTED = "inputs.parquet", "queries.npy", "expected.json"
+#: co-purchase neighbours: item_id, neighbour_id, score (cosine of basket counts), baskets; top-N per item
+BOUGHT_TOGETHER = "bought_together.parquet"
+#: float32 [items, d] description (TF-IDF + SVD) embeddings, rows in items.parquet order (d may be 0)
+CONTENT_EMBEDDINGS = "item_content_embeddings.npy"
 #: File kinds whose loaders can execute code (pickle) or rebuild arbitrary Keras objects; never in a bundle.
 UNSAFE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".h5", ".keras", ".hdf5")
 CRASH_ENV = "CARTWISE_CRASH_AT"
@@ -271,6 +275,12 @@ class LoadedBundle:
     items: "object"  # pandas.DataFrame, imported lazily
     popular: list[str]
     history: "object"  # pandas.DataFrame of (user_id, item_id, last_purchase, purchases)
+    #: float32 [items, D] candidate-tower embeddings, rows in `item_ids` order
+    item_embeddings: np.ndarray | None = None
+    #: pandas.DataFrame of (item_id, neighbour_id, score, baskets); None in bundles written before it existed
+    bought_together: "object" = None
+    #: float32 [items, d] content embeddings, rows in `item_ids` order; None in bundles written before it existed
+    content_embeddings: np.ndarray | None = None
 
     @property
     def version(self) -> str:
@@ -301,10 +311,28 @@ def load_bundle(root: Path) -> LoadedBundle:
         items=items,
         popular=json.loads((root / POPULAR).read_text()),
         history=pd.read_parquet(root / HISTORY),
+        item_embeddings=emb,
+        bought_together=pd.read_parquet(root / BOUGHT_TOGETHER) if (root / BOUGHT_TOGETHER).is_file() else None,
+        content_embeddings=_content_embeddings(root, len(items)),
     )
     if "golden" in manifest:
         check_golden(loaded, emb)
     return loaded
+
+
+def _content_embeddings(root: Path, n_items: int) -> np.ndarray | None:
+    """The bundle's content embeddings (None when absent).
+
+    Raises:
+        BundleError: their rows do not match the item table.
+    """
+    path = root / CONTENT_EMBEDDINGS
+    if not path.is_file():
+        return None
+    emb = np.load(path, allow_pickle=False)
+    if emb.ndim != 2 or emb.shape[0] != n_items:
+        raise BundleError(f"{root}: {CONTENT_EMBEDDINGS} has shape {emb.shape} for {n_items} items")
+    return emb
 
 
 def check_golden(b: LoadedBundle, embeddings: np.ndarray) -> dict:

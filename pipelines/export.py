@@ -10,7 +10,10 @@ to publish a new index without retraining.
 The bundle holds both towers (SavedModel), the item table, candidate-tower
 inputs and embeddings of the whole catalog as of the data's end, the ScaNN
 index over them (pybind serialization), golden queries, the popularity
-fallback, the purchase history used for "exclude purchased", the validation
+fallback, the purchase history used for "exclude purchased" and the repeat
+source, the co-purchase neighbours (`bought_together.parquet`) and content
+embeddings (`item_content_embeddings.npy`) of serving's retrieval sources
+(`serving/sources.py`), stock and margin in the item table, the validation
 and drift verdicts, the reference profiles of the data it was built from
 (the next export's drift reference), the metrics, the config, library
 versions and a manifest with the sha256 of every file.
@@ -54,6 +57,11 @@ GOLDEN_QUERIES = 200
 GOLDEN_K = 10
 LIBRARIES = ("tensorflow", "tf-keras", "tensorflow-recommenders", "scann", "feast", "great-expectations", "pandas",
              "numpy")
+#: Co-purchase table: neighbours kept per item, fewest shared baskets for a pair, and baskets with more distinct
+#: items than this are left out (bulk orders say little about what goes together and cost quadratic pairs).
+BOUGHT_TOGETHER_N = 50
+BOUGHT_TOGETHER_MIN_BASKETS = 2
+BOUGHT_TOGETHER_MAX_BASKET_ITEMS = 100
 #: Where `CARTWISE_CRASH_AT=<point>` kills export (tests/pipelines/test_export_crash.py), in execution order.
 CRASH_POINTS = ("staging_created", "towers_copied", "index_serialized", "tables_written", "manifest_written",
                 "verified", "renamed", "current_tmp_written", "current_replaced", "history_written")
@@ -176,6 +184,96 @@ def write_index(staging: Path, frame: pd.DataFrame, emb: np.ndarray, config: Car
     cols = [n.ITEM_ID, *[c for c in CANDIDATE_STRINGS if c != n.ITEM_ID], *CANDIDATE_FLOATS]
     frame[cols].astype({n.ITEM_ID: str}).to_parquet(staging / b.ITEM_FEATURES, index=False)
     return searcher, params
+
+
+def bought_together(purchases: pd.DataFrame, item_ids: list[str], n_neighbours: int = BOUGHT_TOGETHER_N,
+                    min_baskets: int = BOUGHT_TOGETHER_MIN_BASKETS,
+                    max_basket_items: int = BOUGHT_TOGETHER_MAX_BASKET_ITEMS) -> pd.DataFrame:
+    """Co-purchase neighbours of every catalog item: items bought in the same basket (session / invoice).
+
+    The score of a pair is the cosine of their basket vectors,
+    `baskets(a, b) / sqrt(baskets(a) * baskets(b))`, so a best seller is not
+    everyone's neighbour; guests' baskets count (no user is needed).
+
+    Args:
+        purchases: purchase lines with session_id and item_id.
+        item_ids: the catalog (neighbours outside it are dropped).
+        n_neighbours: neighbours kept per item, best first.
+        min_baskets: fewest shared baskets for a pair to count.
+        max_basket_items: baskets with more distinct catalog items are left out.
+
+    Returns:
+        item_id, neighbour_id (str), score (float32), baskets (int32); per item
+        by score descending (ties by neighbour id).
+    """
+    from scipy import sparse
+
+    cols = {"item_id": pd.Series(dtype=str), "neighbour_id": pd.Series(dtype=str),
+            "score": pd.Series(dtype="float32"), "baskets": pd.Series(dtype="int32")}
+    index = {item: i for i, item in enumerate(item_ids)}
+    p = purchases[[n.SESSION_ID, n.ITEM_ID]].dropna().astype(str).drop_duplicates()
+    p = p[p[n.ITEM_ID].isin(index)]
+    size = p.groupby(n.SESSION_ID)[n.ITEM_ID].transform("size")
+    p = p[(size >= 2) & (size <= max_basket_items)]
+    if p.empty:
+        return pd.DataFrame(cols)
+    basket = p[n.SESSION_ID].astype("category").cat.codes.to_numpy()
+    item = p[n.ITEM_ID].map(index).to_numpy()
+    B = sparse.csr_matrix((np.ones(len(p), np.float32), (basket, item)), shape=(basket.max() + 1, len(item_ids)))
+    co = (B.T @ B).tocoo()
+    freq = np.asarray(B.sum(axis=0)).ravel()
+    keep = (co.row != co.col) & (co.data >= min_baskets)
+    r, c, count = co.row[keep], co.col[keep], co.data[keep]
+    score = count / np.sqrt(freq[r] * freq[c])
+    ids = np.asarray(item_ids, dtype=object)
+    order = np.lexsort((ids[c], -score, r))  # per item: best score first, ties by neighbour id
+    r, c, count, score = r[order], c[order], count[order], score[order]
+    first = np.r_[0, np.flatnonzero(np.diff(r)) + 1]
+    rank = np.arange(len(r)) - np.repeat(first, np.diff(np.r_[first, len(r)]))
+    top = rank < n_neighbours
+    return pd.DataFrame({"item_id": ids[r[top]].astype(str), "neighbour_id": ids[c[top]].astype(str),
+                         "score": score[top].astype("float32"), "baskets": count[top].astype("int32")})
+
+
+def write_serving_tables(staging: Path, frame: pd.DataFrame, items: pd.DataFrame, purchases: pd.DataFrame,
+                         history: pd.DataFrame, as_of: pd.Timestamp, config: CartwiseConfig) -> dict:
+    """The tables serving reads besides towers and index: the item table (category, price, title, stock,
+    margin), popularity, purchase history, co-purchase neighbours and content embeddings.
+
+    Args:
+        staging: the bundle being written.
+        frame: item features as of `as_of`, one row per indexed item, in index order.
+        items: the ingested catalog (title, in_stock, margin).
+        purchases: purchase lines up to the data's end (guests included).
+        history: their per (user, item) summary (`pipelines.evaluate.purchase_history`).
+        as_of: the bundle's as-of instant.
+        config: popularity window.
+
+    Returns:
+        Manifest fields describing the co-purchase table.
+    """
+    extra = [c for c in (n.TITLE, n.IN_STOCK, n.MARGIN) if c in items.columns]
+    table = frame[[n.ITEM_ID, n.CATEGORY, n.PRICE]].merge(
+        items[[n.ITEM_ID, *extra]].astype({n.ITEM_ID: str}).drop_duplicates(n.ITEM_ID), on=n.ITEM_ID, how="left")
+    if n.IN_STOCK in table:  # unknown stock stays unknown (NA), so the out_of_stock rule keeps it
+        table[n.IN_STOCK] = table[n.IN_STOCK].astype("boolean")
+    table.to_parquet(staging / b.ITEMS, index=False)
+    (staging / b.POPULAR).write_text(json.dumps(popular_items(purchases, as_of, config.evaluation.popularity_days)))
+    history.to_parquet(staging / b.HISTORY, index=False)
+    ids = frame[n.ITEM_ID].astype(str).tolist()
+    pairs = bought_together(purchases, ids)
+    pairs.to_parquet(staging / b.BOUGHT_TOGETHER, index=False)
+    text = [v if isinstance(v, (list, np.ndarray)) else [] for v in
+            (frame[n.TEXT_EMBEDDING] if n.TEXT_EMBEDDING in frame else [[]] * len(frame))]
+    dim = max((len(v) for v in text), default=0)
+    content = np.zeros((len(frame), dim), np.float32)
+    for i, v in enumerate(text):  # an item without text keeps a zero row (similar to nothing)
+        if len(v) == dim:
+            content[i] = np.asarray(v, dtype=np.float32)
+    np.save(staging / b.CONTENT_EMBEDDINGS, content, allow_pickle=False)
+    return {"neighbours": BOUGHT_TOGETHER_N, "min_baskets": BOUGHT_TOGETHER_MIN_BASKETS,
+            "max_basket_items": BOUGHT_TOGETHER_MAX_BASKET_ITEMS, "pairs": len(pairs),
+            "items_with_neighbours": int(pairs["item_id"].nunique()), "content_embedding_size": dim}
 
 
 def write_golden(staging: Path, store, users: list[str], as_of: pd.Timestamp, searcher, emb: np.ndarray,
@@ -336,11 +434,7 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
             raise ExportRefused(f"index recall@10 {recall:.3f} < retrieval.index.min_recall {min_recall}; "
                                 "raise num_leaves_to_search or reorder")
 
-        table = frame[[n.ITEM_ID, n.CATEGORY, n.PRICE]].merge(
-            items[[n.ITEM_ID, n.TITLE]].astype({n.ITEM_ID: str}), on=n.ITEM_ID, how="left")
-        table.to_parquet(staging / b.ITEMS, index=False)
-        (staging / b.POPULAR).write_text(json.dumps(popular_items(purchases, as_of, config.evaluation.popularity_days)))
-        history.to_parquet(staging / b.HISTORY, index=False)
+        serving_tables = write_serving_tables(staging, frame, items, purchases, history, as_of, config)
         for src, name in ((verdict_path, "validation.json"), (layout.evaluation / "metrics.json", "metrics.json"),
                           (layout.model / "training_summary.json", "training_summary.json"),
                           (gate_json, "drift.json"), (gate_html, "drift.html")):
@@ -361,6 +455,7 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
             "index": {**params, "recall_at_10_vs_brute_force": recall, "golden_queries": len(users)},
             "golden": {"queries": len(users), "k": GOLDEN_K, "min_recall": min_recall},
             "validation": {"status": gate_verdict["status"], "reference_bundle": gate_verdict["reference_bundle"]},
+            "serving_tables": serving_tables,
         }, log)
     except BaseException:
         # a refused or failed export leaves nothing behind (a SIGKILL leaves staging, removed next time)

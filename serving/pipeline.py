@@ -1,45 +1,122 @@
-"""The serving pipeline: online features -> two-tower retrieval (ScaNN) -> filters -> top K.
+"""The serving pipeline, built once per bundle: features -> retrieve -> rank -> rules (+ diversity) -> top K.
 
-Where it sits: built once at start-up from a verified bundle
-(`cartwise/bundle.py`) and the Feast online store; the HTTP app
-(`serving/app.py`) and batch recommendations (`cartwise recommend`) call
-:meth:`Recommender.recommend`.
+Where it sits: built at start-up (and at each hot swap, `serving/hotswap.py`)
+from a verified bundle (`cartwise/bundle.py`) and the Feast online store; the
+HTTP app (`serving/app.py`), batch recommendations (`cartwise recommend`),
+the demo and the A/B simulator call :meth:`Recommender.recommend`.
 
-Routes: a known user is embedded by the query tower from their online
-features and searched in the ScaNN index; an anonymous or unknown user, or
-any online-store failure, gets the popularity list, with a flag saying why.
+Per request, each stage taking and returning one :class:`Candidates`:
+
+1. **features**: the user's online features (Feast) -> the query tower's
+   embedding, plus the session (cart, viewed items, category) and the
+   exclusions as catalog rows -> a :class:`serving.sources.Query`. Unknown
+   item ids and categories in the request are ignored and reported in
+   `warnings`. A known user with no fresh features, an unknown user or an
+   anonymous one gets no embedding (`flags` say why) and is served by the
+   session and fallback sources.
+2. **retrieve**: :class:`serving.sources.Retriever`, the sources of
+   `retrieval.sources` with their quotas, merged and deduplicated with
+   attribution (how scores are made comparable: `serving/sources.py`).
+   Active `insert: true` pins join here.
+3. **columns**: :class:`ItemColumns` gathers the candidate columns the later
+   stages declare (`in_stock`, `margin`, `price`, `embedding`) from the
+   bundle's arrays by catalog row: one NumPy gather each.
+4. **rank**: a :class:`Ranker` (default :class:`RetrievalScoreRanker`, the
+   merged retrieval score), then sorted.
+5. **rules**: the bundle's `rules:` and `diversity:` as a
+   :class:`serving.rules.RuleChain`; :class:`RuleStage` also records which
+   rules acted on each served item.
+6. the :class:`serving.overrides.OverrideTracker` records the ranked top K
+   against the served top K.
+
+The pipeline reads the `retrieval`, `rules`, `diversity` and `serving`
+sections of the config the bundle was exported with (`config.json` in the
+bundle), so a bundle carries its own rules. Wiring is checked when the
+:class:`Recommender` is built: an unknown or unimportable source, a source
+needing a bundle file the bundle lacks, a rule, diversity method or ranker
+reading a column the pipeline cannot fill all raise
+:class:`PipelineWiringError` naming the bundle, before any request.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
-
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+# Before anything imports feast: `import feast` sets PROMETHEUS_MULTIPROC_DIR when it is unset, and a
+# prometheus_client first imported after that stores every metric value in files shared by metric name, so the
+# override tracker of each Recommender (and each app's registry) would count every other one's requests too.
+import prometheus_client  # noqa: F401,E402  (import order is the point)
 
 from cartwise.bundle import LoadedBundle, load_bundle
+from cartwise.config import CartwiseConfig, ConfigError, parse_config
+from feature_repo import names as n
+from serving.candidates import Candidates
+from serving.diversity import EMBEDDING, Diversifier
 from serving.features import OnlineStoreUnavailable, OnlineUserFeatures
+from serving.overrides import OverrideTracker
+from serving.request import SessionContext
+from serving.rules import PIN_SOURCE, PinRule, Rule, RuleChain, RuleContext
+from serving.sources import FOUND_BY, RETRIEVAL_SCORE, ROW, Catalog, Query, Retriever
 
 COLD_ANONYMOUS = "cold_start:anonymous"
 COLD_UNKNOWN = "cold_start:unknown_user"
 FALLBACK_STORE = "fallback:online_store_unavailable"
+#: config sections the pipeline reads from the bundle's config.json
+SERVING_SECTIONS = ("retrieval", "rules", "diversity", "serving")
+#: unknown ids named in one warning (the count is always given)
+WARN_IDS = 5
+_POS = "_pos"  # candidate column: position in the ranked list, to follow items through the rules
+
+
+class PipelineWiringError(ConfigError):
+    """A pipeline that cannot serve this bundle; the message names the bundle, the stage and the reason."""
 
 
 @dataclass
 class Recommended:
+    """One served item.
+
+    Attributes:
+        item_id: the item.
+        score: its final score (ranker, then re-weighting rules).
+        source: the retrieval source it is attributed to (`pin` for an inserted pin).
+        rules: rules that acted on this item: re-weights that changed its
+            score, reorders and diversity that moved it into the top K, the
+            pin that placed it (filters act on the items they remove).
+        found_by: every source that found it, in declared order.
+    """
+
     item_id: str
     score: float
     source: str
+    rules: list[str] = field(default_factory=list)
+    found_by: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Recommendation:
+    """The answer to one request.
+
+    Attributes:
+        user_id: as asked.
+        items: at most k, in served order.
+        bundle_version: the bundle that answered.
+        flags: why the answer is not the personalised one (cold start, store down).
+        warnings: parts of the request that were ignored (unknown item ids or category).
+        fired: rules (and `diversity`) that changed the top K's ids or order, in the order they ran.
+    """
+
     user_id: str | None
     items: list[Recommended]
     bundle_version: str
     flags: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    fired: list[str] = field(default_factory=list)
 
 
 def _max_ages(root: Path) -> dict[str, dt.timedelta]:
@@ -49,99 +126,440 @@ def _max_ages(root: Path) -> dict[str, dt.timedelta]:
     return {view: dt.timedelta(hours=h) for view, h in hours.items()}
 
 
+def bundle_config(root: Path) -> CartwiseConfig:
+    """The serving sections (:data:`SERVING_SECTIONS`) of the config a bundle was exported with.
+
+    Other sections are left out, so a bundle stays servable when a key of,
+    say, `model:` is renamed later. A bundle without config.json gets the defaults.
+
+    Raises:
+        ConfigError: naming the file and key.
+    """
+    path = Path(root) / "config.json"
+    raw = json.loads(path.read_text()) if path.is_file() else {}
+    return parse_config({k: raw[k] for k in SERVING_SECTIONS if k in raw}, source=str(path))
+
+
+# --- ranking -------------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Ranker(Protocol):
+    """The ranking hook: one score per candidate, higher is better.
+
+    An implementation may declare `requires: tuple[str, ...]`, the candidate
+    columns it reads (:attr:`ItemColumns.names`, plus `row`, `found_by`,
+    `retrieval_score`); they are checked when the pipeline is built and
+    filled per request.
+    """
+
+    def score(self, candidates: Candidates, query: Query) -> np.ndarray:
+        """Args:
+            candidates: (m,) retrieved candidates with the required columns.
+            query: the request (user id and features, query embedding, session rows, time).
+
+        Returns:
+            (m,) float scores in the candidates' order.
+        """
+
+
+class RetrievalScoreRanker:
+    """The default ranker: the merged retrieval score (each source's scores min-max scaled to [0, 1] and weighted,
+    fallbacks below; see serving/sources.py)."""
+
+    requires: tuple[str, ...] = ()
+
+    def score(self, candidates: Candidates, query: Query) -> np.ndarray:
+        return np.asarray(candidates.scores, dtype=np.float64)
+
+
+# --- candidate columns ---------------------------------------------------------------------------------------
+
+
+class ItemColumns:
+    """Per-item columns from the bundle, gathered by the candidates' `row` column.
+
+    `in_stock` (float64: 1, 0 or NaN for unknown) and `margin` (float64, NaN
+    unknown) come from the bundle's item table when it has them, `price`
+    too; `embedding` (D float32) is the candidate tower's item embedding.
+    Items outside the catalog (inserted pins) get NaN (zeros for `embedding`).
+
+    Args:
+        bundle: the loaded bundle.
+    """
+
+    def __init__(self, bundle: LoadedBundle):
+        import pandas as pd
+
+        items = bundle.items
+        cols: dict[str, np.ndarray] = {}
+        if n.IN_STOCK in items:
+            cols[n.IN_STOCK] = pd.array(items[n.IN_STOCK], dtype="boolean").to_numpy(dtype=np.float64,
+                                                                                     na_value=np.nan)
+        for name in (n.MARGIN, n.PRICE):
+            if name in items:
+                cols[name] = pd.to_numeric(items[name], errors="coerce").to_numpy(np.float64)
+        if bundle.item_embeddings is not None:
+            cols[EMBEDDING] = np.asarray(bundle.item_embeddings, dtype=np.float32)
+        self.columns = cols
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Columns this stage can add."""
+        return tuple(self.columns)
+
+    def fill(self, candidates: Candidates, names: Sequence[str]) -> Candidates:
+        """`candidates` with the columns `names` added (itself when `names` is empty)."""
+        if not names:
+            return candidates
+        rows = np.asarray(candidates.column(ROW))
+        known = rows >= 0
+        safe = np.where(known, rows, 0)
+        out = {}
+        for name in names:
+            col = self.columns[name][safe]
+            if not known.all():
+                col[~known] = 0.0 if name == EMBEDDING else np.nan
+            out[name] = col
+        return candidates.with_columns(**out)
+
+
+# --- rules, with what each did to each item ------------------------------------------------------------------
+
+_TRACE: ContextVar[list | None] = ContextVar("cartwise_rule_trace", default=None)
+
+
+class _TracedRule(Rule):
+    """A rule that also notes (name, kind, before, after) in the request's trace when it changes the list."""
+
+    def __init__(self, inner: Rule):
+        super().__init__(inner.config, inner.name)
+        self.inner = inner
+        self.kind = inner.kind  # type: ignore[misc]
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return self.inner.requires
+
+    def __call__(self, candidates: Candidates, context: RuleContext) -> Candidates:
+        out = self.inner(candidates, context)
+        trace = _TRACE.get()
+        if trace is not None and out is not candidates:
+            trace.append((self.name, self.kind, candidates, out))
+        return out
+
+
+class _TracedDiversity:
+    """The diversity stage, traced like :class:`_TracedRule` (kind `reorder`)."""
+
+    name = Diversifier.name
+
+    def __init__(self, inner: Diversifier):
+        self.inner = inner
+        self.config = inner.config
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return self.inner.requires
+
+    def __call__(self, candidates: Candidates, k: int) -> Candidates:
+        out = self.inner(candidates, k)
+        trace = _TRACE.get()
+        if trace is not None and out is not candidates:
+            trace.append((self.name, "reorder", candidates, out))
+        return out
+
+
+class RuleStage:
+    """The `rules` stage: a :class:`RuleChain` (its own `apply` decides the list and what fired), plus, per
+    served item, the rules that acted on it.
+
+    Args:
+        chain: the configured chain.
+    """
+
+    def __init__(self, chain: RuleChain):
+        self.chain = chain
+        traced = [r if isinstance(r, PinRule) else _TracedRule(r) for r in chain.rules]
+        self._traced = RuleChain(traced, _TracedDiversity(chain.diversity) if chain.diversity is not None else None)
+        self._pin_item = {r.name: r.config.item for r in chain.rules if isinstance(r, PinRule)}
+
+    def apply(self, candidates: Candidates, context: RuleContext, k: int
+              ) -> tuple[Candidates, list[str], list[list[str]]]:
+        """Run the chain and cut to `k`.
+
+        Args:
+            candidates: (m,) ranked, with the chain's required columns.
+            context: request time, country, flags.
+            k: the list length served.
+
+        Returns:
+            The served candidates, the rules that fired (RuleChain semantics),
+            and per served item the rules that acted on it.
+        """
+        if not self.chain.rules and self.chain.diversity is None:
+            top = candidates.head(k)
+            return top, [], [[] for _ in range(len(top))]
+        m = len(candidates)
+        trace: list = []
+        token = _TRACE.set(trace)
+        try:
+            out, fired = self._traced.apply(candidates.with_columns(**{_POS: np.arange(m)}), context, k)
+        finally:
+            _TRACE.reset(token)
+        acted: list[list[str]] = [[] for _ in range(len(out))]
+        if not trace and not fired:
+            return out, fired, acted
+        served_at = np.full(m, -1, dtype=np.int64)
+        served_at[out.column(_POS)] = np.arange(len(out))
+        for name, kind, before, after in trace:
+            if kind == "filter":  # acts on the items it removes, which are not served
+                continue
+            bpos, apos = before.column(_POS), after.column(_POS)
+            if kind == "reweight":
+                prev = np.full(m, np.nan)
+                prev[bpos] = before.scores
+                old = prev[apos]
+                hit = apos[(after.scores != old) & ~(np.isnan(after.scores) & np.isnan(old))]
+            else:  # moved into the top k
+                rank = np.full(m, m, dtype=np.int64)
+                rank[bpos] = np.arange(len(before))
+                top = apos[:k]
+                hit = top[rank[top] >= k]
+            for j in served_at[hit].tolist():
+                if j >= 0:
+                    acted[j].append(name)
+        ids = out.ids.tolist()
+        for name in fired:
+            item = self._pin_item.get(name)
+            if item is not None and item in ids:
+                acted[ids.index(item)].append(name)
+        return out, fired, acted
+
+
+# --- the recommender -----------------------------------------------------------------------------------------
+
+
+def _unknown_warning(where: str, ids: Sequence[str]) -> str:
+    uniq = list(dict.fromkeys(ids))
+    shown = ", ".join(repr(i) for i in uniq[:WARN_IDS]) + (", ..." if len(uniq) > WARN_IDS else "")
+    return f"{where}: ignored {len(uniq)} unknown item id{'s' if len(uniq) > 1 else ''}: {shown}"
+
+
 class Recommender:
-    """Answers "what should this shopper see now" from one bundle.
+    """Answers "what should this shopper see now" from one bundle: the whole serving pipeline, built once.
 
     Args:
         bundle: a loaded, verified bundle.
         features: online user features (Feast).
+        config: the serving sections to use (default: the bundle's own config.json).
+        ranker: the ranking stage (default: :class:`RetrievalScoreRanker`).
+        registry: Prometheus registry for the rule-override metrics (default:
+            a private one; :attr:`registry` either way).
+
+    Raises:
+        PipelineWiringError: the configured sources, rules, diversity or
+            ranker cannot run on this bundle (naming which and why).
     """
 
-    def __init__(self, bundle: LoadedBundle, features: OnlineUserFeatures):
+    def __init__(self, bundle: LoadedBundle, features: OnlineUserFeatures, config: CartwiseConfig | None = None,
+                 ranker: Ranker | None = None, registry: Any = None):
         self.bundle = bundle
         self.features = features
+        where = f"bundle {bundle.root.name}"
+        try:
+            self.config = config if config is not None else bundle_config(bundle.root)
+        except ConfigError as e:
+            raise PipelineWiringError(f"{where}: {e}") from None
         q = bundle.manifest["query_inputs"]
         self.string_inputs, self.float_inputs = list(q["strings"]), list(q["floats"])
-        h = bundle.history
-        self.purchased = {u: set(g["item_id"].astype(str)) for u, g in h.groupby("user_id")}
         self.n_items = len(bundle.item_ids)
         # per bundle, so a hot-swapped bundle answers with its own catalog's titles and categories
         items = bundle.items.set_index("item_id")
         self.titles = items["title"].astype(object).where(items["title"].notna(), None).to_dict()
         self.categories = items["category"].astype(object).to_dict()
+        self.catalog = Catalog.from_bundle(bundle)
+        self.ranker: Ranker = ranker if ranker is not None else RetrievalScoreRanker()
+        self.item_columns = ItemColumns(bundle)
+        try:
+            self.retriever = Retriever.from_config(self.config.retrieval, self.catalog)
+            chain = RuleChain.from_config(self.config.rules, self.config.diversity)
+            available = {*Retriever.adds, *self.item_columns.names}
+            chain.check_columns(available)
+            lacking = [c for c in getattr(self.ranker, "requires", ()) if c not in available]
+            if lacking:
+                raise PipelineWiringError(f"ranker {type(self.ranker).__name__} needs columns {lacking} "
+                                          f"(available: {sorted(available)})")
+        except ConfigError as e:
+            raise PipelineWiringError(f"{where}: {e}") from None
+        self.rules = RuleStage(chain)
+        needed = set(chain.required_columns) | set(getattr(self.ranker, "requires", ()))
+        self._fill = tuple(sorted(needed & set(self.item_columns.names)))
+        self.tracker = OverrideTracker.from_config(self.config.serving, registry, chain.names)
+        self.registry = self.tracker.registry
 
     @property
     def version(self) -> str:
         return self.bundle.version
 
     @classmethod
-    def from_bundle_dir(cls, root: Path, features: OnlineUserFeatures | None = None) -> "Recommender":
-        """Load and verify a bundle (sha256, golden queries) and connect to its feature store.
+    def from_bundle_dir(cls, root: Path, features: OnlineUserFeatures | None = None, *, ranker: Ranker | None = None,
+                        registry: Any = None) -> "Recommender":
+        """Load and verify a bundle (sha256, golden queries), connect to its feature store, build the pipeline.
 
         Args:
             root: the bundle directory.
             features: an open online-store reader to reuse when it reads the
                 bundle's store and service (hot swaps keep the connection).
+            ranker: the ranking stage (default: retrieval scores).
+            registry: Prometheus registry for the override metrics.
+
+        Raises:
+            BundleError: the bundle does not verify or load.
+            PipelineWiringError: its config cannot be served (see the class).
         """
         bundle = load_bundle(root)
         store, service = Path(bundle.manifest["feature_store"]), bundle.manifest["feature_services"]["query"]
         if features is None or getattr(features, "key", None) != (str(store), service):
             features = OnlineUserFeatures(store, service, max_age=_max_ages(root))
             features.key = (str(store), service)
-        return cls(bundle, features)
+        return cls(bundle, features, ranker=ranker, registry=registry)
 
-    def _popular(self, k: int, excluded: set[str]) -> list[Recommended]:
-        out = []
-        for rank, item in enumerate(self.bundle.popular):
-            if item not in excluded:
-                out.append(Recommended(item, float(1.0 / (rank + 1)), "popularity"))
-                if len(out) == k:
-                    break
-        return out
+    # --- stage 1: features ---
+
+    def _embedding(self, user_id: str | None, flags: list[str]) -> tuple[dict | None, np.ndarray | None]:
+        if user_id is None:
+            flags.append(COLD_ANONYMOUS)
+            return None, None
+        if user_id not in self.catalog.users:
+            flags.append(COLD_UNKNOWN)
+            return None, None
+        try:
+            feats = self.features.get(user_id)
+        except OnlineStoreUnavailable:
+            flags.append(FALLBACK_STORE)
+            return None, None
+        if feats is None:
+            flags.append(COLD_UNKNOWN)
+            return None, None
+        inputs = {name: np.asarray([user_id], dtype=object) for name in self.string_inputs}
+        inputs.update({name: np.asarray([feats.get(name, 0.0)], dtype=np.float32) for name in self.float_inputs})
+        return feats, self.bundle.embed_query(inputs)[0]
+
+    def query(self, user_id: str | None, exclude: Sequence[str] = (), exclude_purchased: bool = False,
+              session: SessionContext | None = None) -> tuple[Query, list[str], list[str]]:
+        """The features stage: a request as the sources see it.
+
+        Returns:
+            (query, flags, warnings).
+        """
+        cat = self.catalog
+        flags: list[str] = []
+        warnings: list[str] = []
+        excluded = np.zeros(len(cat), dtype=bool)
+        rows, unknown = cat.rows(list(exclude))
+        if unknown:
+            warnings.append(_unknown_warning("exclude", unknown))
+        excluded[rows] = True
+        cart = viewed = np.zeros(0, dtype=np.int64)
+        category = -1
+        now = dt.datetime.now(dt.timezone.utc)
+        if session is not None:
+            cart, unknown = cat.rows(session.cart)
+            if unknown:
+                warnings.append(_unknown_warning("session.cart", unknown))
+            rev, unknown = cat.rows(session.viewed[::-1])  # a re-viewed item counts at its latest view
+            viewed = rev[::-1].copy()
+            if unknown:
+                warnings.append(_unknown_warning("session.viewed", unknown[::-1]))
+            if session.category is not None:
+                category = cat.category_code_of.get(session.category, -1)
+                if category < 0:
+                    warnings.append(f"session.category: ignored unknown category {session.category!r}")
+            excluded[cart] = True  # already in the cart
+            now = session.time or now
+        if exclude_purchased and user_id is not None and user_id in cat.users:
+            excluded[cat.users[user_id].rows] = True
+        feats, emb = self._embedding(user_id, flags)
+        q = Query(user_id, emb, feats, cart, viewed, category, excluded, int(excluded.sum()), now)
+        return q, flags, warnings
+
+    # --- stage 2b: pins that no source found ---
+
+    def _add_pinned(self, candidates: Candidates, context: RuleContext, query: Query,
+                    exclude: Sequence[str]) -> Candidates:
+        chain = self.rules.chain
+        if not chain.insertable_items:
+            return candidates
+        bare = Candidates(candidates.ids, candidates.scores, candidates.sources, candidates.categories)
+        added = chain.add_pinned(bare, context, self.categories)
+        m = len(bare)
+        if len(added) == m:
+            return candidates
+        ids = added.ids[m:]
+        rows = np.fromiter((self.catalog.row_of.get(i, -1) for i in ids.tolist()), dtype=np.int64, count=len(ids))
+        banned = set(exclude)
+        keep = np.fromiter(((r < 0 or not query.excluded[r]) and i not in banned for i, r in zip(ids.tolist(), rows)),
+                           dtype=bool, count=len(ids))
+        if not keep.any():
+            return candidates
+        extra = Candidates(ids[keep], added.scores[m:][keep], added.sources[m:][keep], added.categories[m:][keep],
+                           {ROW: rows[keep], FOUND_BY: np.zeros(int(keep.sum()), dtype=np.int64),
+                            RETRIEVAL_SCORE: np.full(int(keep.sum()), np.nan)})
+        return candidates.append(extra)
+
+    # --- the whole pipeline ---
 
     def recommend(self, user_id: str | None, k: int, exclude: list[str] | tuple = (),
-                  exclude_purchased: bool = False) -> Recommendation:
+                  exclude_purchased: bool = False, session: SessionContext | None = None) -> Recommendation:
         """Top-k items for a user.
 
         Args:
             user_id: the shopper, or None for an anonymous session.
             k: list length.
-            exclude: item ids never to return (e.g. the cart).
+            exclude: item ids never to return.
             exclude_purchased: also leave out items this user bought before.
+            session: the shopper's current session (validated, time in UTC):
+                its cart is never returned; cart, viewed items and category
+                feed the session sources; its time is the rules' "now".
 
         Returns:
-            Items with score and source, the bundle version and fallback flags.
+            Items with score, source and the rules that acted on them, the
+            bundle version, fallback flags and warnings about ignored input.
         """
-        excluded = set(exclude)
-        flags: list[str] = []
-        if user_id is not None and exclude_purchased:
-            excluded |= self.purchased.get(user_id, set())
-        feats = None
-        if user_id is None:
-            flags.append(COLD_ANONYMOUS)
-        elif user_id not in self.purchased:
-            flags.append(COLD_UNKNOWN)
-        else:
-            try:
-                feats = self.features.get(user_id)
-            except OnlineStoreUnavailable:
-                flags.append(FALLBACK_STORE)
-            else:
-                if feats is None:
-                    flags.append(COLD_UNKNOWN)
-        items: list[Recommended] = []
-        if feats is not None:
-            inputs = {name: np.asarray([user_id], dtype=object) for name in self.string_inputs}
-            inputs.update({name: np.asarray([feats.get(name, 0.0)], dtype=np.float32) for name in self.float_inputs})
-            q = self.bundle.embed_query(inputs)[0]
-            idx, scores = self.bundle.searcher.search(q, final_num_neighbors=min(self.n_items, k + len(excluded)))
-            for i, s in zip(idx, scores):
-                item = str(self.bundle.item_ids[i])
-                if item not in excluded:
-                    items.append(Recommended(item, float(s), "two_tower"))
-                    if len(items) == k:
-                        break
-        if len(items) < k:
-            have = {r.item_id for r in items}
-            items += self._popular(k - len(items), excluded | have)
-        return Recommendation(user_id, items, self.bundle.version, flags)
+        query, flags, warnings = self.query(user_id, exclude, exclude_purchased, session)
+        context = RuleContext(query.now)
+        cands = self.retriever.retrieve(query, max(self.config.retrieval.k, k))
+        cands = self._add_pinned(cands, context, query, exclude)
+        cands = self.item_columns.fill(cands, self._fill)
+        scores = np.asarray(self.ranker.score(cands, query), dtype=np.float64)
+        if scores.shape != (len(cands),):
+            raise ValueError(f"ranker {type(self.ranker).__name__} returned shape {scores.shape} "
+                             f"for {len(cands)} candidates")
+        ranked = cands.with_scores(scores).ranked()
+        served, fired, acted = self.rules.apply(ranked, context, k)
+        self.tracker.record(ranked, served, fired, k)
+        found = served.column(FOUND_BY).tolist()
+        items = [Recommended(i, float(s), src, rules, self.retriever.found_by(f) if src != PIN_SOURCE else [])
+                 for (i, s, src, _), rules, f in zip(served, acted, found)]
+        return Recommendation(user_id, items, self.bundle.version, flags, warnings, fired)
+
+
+class RecommenderMetrics:
+    """A Prometheus collector for an app's registry: the metrics of whichever recommender is in service.
+
+    Each :class:`Recommender` (one per bundle) has its own override tracker
+    and registry; registering this collector once, e.g.
+    `app.state.registry.register(RecommenderMetrics(lambda: slot.current))`,
+    keeps them on `/metrics` across hot swaps. A swap starts the counters from
+    zero, which Prometheus reads as a counter reset.
+
+    Args:
+        current: returns the recommender in service.
+    """
+
+    def __init__(self, current: Callable[[], Recommender]):
+        self.current = current
+
+    def collect(self) -> Iterator[Any]:
+        yield from self.current().registry.collect()

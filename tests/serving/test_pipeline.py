@@ -1,0 +1,380 @@
+"""The serving pipeline on the synthetic shop's real bundle: sources with quotas, session-only shoppers, warnings,
+the bundle's own rules changing the answer (and the override tracker seeing it), the ranking hook, per-item rule
+attribution, and configurations that cannot be served failing when the pipeline is built.
+
+Bundles with another config, item table or file set are copies of the session's bundle with a rewritten
+manifest (`rebundle`), loaded through the real loader (sha256, golden queries).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
+
+from cartwise import bundle as b
+from cartwise.bundle import current_bundle
+from cartwise.config import parse_config
+from serving.candidates import Candidates
+from serving.hotswap import BundleSlot
+from serving.pipeline import (
+    COLD_ANONYMOUS, COLD_UNKNOWN, PipelineWiringError, Recommender, RecommenderMetrics, RuleStage,
+)
+from serving.request import SessionContext
+from serving.rules import Rule, RuleChain, RuleContext
+from serving.sources import Query
+
+UTC = dt.timezone.utc
+SOURCES = [{"type": "two_tower", "quota": 10}, {"type": "bought_together", "quota": 8}, {"type": "content", "quota": 6},
+           {"type": "repeat", "quota": 5}, {"type": "popular_in_category", "quota": 10}, "popularity"]
+QUOTA = {"two_tower": 10, "bought_together": 8, "content": 6, "repeat": 5, "popular_in_category": 10}
+MULTI = {"retrieval": {"k": 40, "sources": SOURCES}}
+
+
+def rebundle(src: Path, dest: Path, config: dict | None = None, items=None, drop: tuple[str, ...] = ()) -> Path:
+    """A copy of bundle `src` with top-level config sections replaced, the item table edited, files dropped,
+    and a manifest that matches (so only the change is tested, not the tamper check)."""
+    shutil.copytree(src, dest)
+    if config is not None:
+        raw = json.loads((dest / "config.json").read_text())
+        raw.update(config)
+        (dest / "config.json").write_text(json.dumps(raw))
+    if items is not None:
+        items(pd.read_parquet(dest / b.ITEMS)).to_parquet(dest / b.ITEMS, index=False)
+    for rel in drop:
+        (dest / rel).unlink()
+    m = json.loads((dest / b.MANIFEST).read_text())
+    m["files"] = b.file_hashes(dest)
+    (dest / b.MANIFEST).write_text(json.dumps(m))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def root(trained_shop) -> Path:
+    cfg, *_ = trained_shop
+    return current_bundle(cfg.work_dir / "bundles")
+
+
+@pytest.fixture(scope="module")
+def base(root) -> Recommender:
+    return Recommender.from_bundle_dir(root)
+
+
+@pytest.fixture(scope="module")
+def multi(base) -> Recommender:
+    return with_config(base, MULTI)
+
+
+def with_config(base: Recommender, raw: dict, **kw) -> Recommender:
+    """The same loaded bundle and feature store, another config."""
+    return Recommender(base.bundle, base.features, config=parse_config(raw), **kw)
+
+
+def ids(rec) -> list[str]:
+    return [i.item_id for i in rec.items]
+
+
+# --- retrieval -----------------------------------------------------------------------------------------------
+
+pytestmark = pytest.mark.integration
+
+
+def test_default_sources_are_two_tower_then_popularity(base):
+    assert base.retriever.names == ("two_tower", "popularity")
+    query, flags, warnings = base.query("U002")
+    idx, _ = base.bundle.searcher.search(query.embedding, final_num_neighbors=5)
+    r = base.recommend("U002", 5)
+    assert ids(r) == base.catalog.item_ids[idx].tolist() and not flags and not warnings
+    assert r.items[0].score == 1.0 and all(i.source == "two_tower" and i.rules == [] for i in r.items)
+    anon = base.recommend(None, 4)
+    assert anon.flags == [COLD_ANONYMOUS] and ids(anon) == base.bundle.popular[:4]
+
+
+def test_quotas_dedupe_and_attribution(multi):
+    query, _, _ = multi.query("U002", session=SessionContext(cart=["I000"], viewed=["I005", "I006"], category="cat1"))
+    got = multi.retriever.retrieve(query, 40)
+    srcs = got.sources.tolist()
+    for name, quota in QUOTA.items():
+        assert srcs.count(name) <= quota, name
+    assert len(set(got.ids.tolist())) == len(got) <= 40
+    found = [multi.retriever.found_by(m) for m in got.column("found_by").tolist()]
+    assert all(s in f for s, f in zip(srcs, found))  # attributed to one of the sources that found it
+    assert any(len(f) > 1 for f in found)  # some items were found twice and kept once
+    assert {"two_tower", "bought_together", "content", "repeat"} <= set(srcs)
+    primary = [s not in ("popular_in_category", "popularity") for s in srcs]
+    assert primary == sorted(primary, reverse=True)  # fallbacks only after every other source's items
+    assert not {"I000"} & set(got.ids.tolist())  # the cart is never served
+
+
+def test_unknown_user_is_served_from_the_session(multi, root):
+    pairs = pd.read_parquet(root / b.BOUGHT_TOGETHER)
+    best = pairs[pairs["item_id"] == "I000"].sort_values("score", ascending=False)["neighbour_id"].iloc[0]
+    r = multi.recommend("never-seen", 8, session=SessionContext(cart=["I000"]))
+    assert r.flags == [COLD_UNKNOWN] and "I000" not in ids(r)
+    # co-purchase and content candidates outrank the fallbacks; ties at the top go to the source declared first
+    assert r.items[0].item_id == best and r.items[0].source == "bought_together"
+    assert {i.source for i in r.items} >= {"bought_together", "content"}
+    viewed = multi.recommend(None, 5, session=SessionContext(viewed=["I003"]))
+    assert viewed.flags == [COLD_ANONYMOUS] and viewed.items[0].source in ("bought_together", "content")
+    by_cat = multi.recommend(None, 5, session=SessionContext(category="cat2"))
+    # a category alone: content (that category's items first) and its best sellers
+    assert all(multi.categories[i.item_id] == "cat2" for i in by_cat.items)
+    assert {i.source for i in by_cat.items} <= {"content", "popular_in_category"}
+
+
+def test_unknown_ids_are_ignored_and_reported(multi):
+    s = SessionContext(cart=["I001", "ghost"], viewed=["gone", "I003", "gone"], category="no-such-cat")
+    r = multi.recommend("U002", 5, exclude=["nope", "I002"], session=s)
+    assert r.warnings == ["exclude: ignored 1 unknown item id: 'nope'",
+                          "session.cart: ignored 1 unknown item id: 'ghost'",
+                          "session.viewed: ignored 1 unknown item id: 'gone'",
+                          "session.category: ignored unknown category 'no-such-cat'"]
+    clean = multi.recommend("U002", 5, exclude=["I002"], session=SessionContext(cart=["I001"], viewed=["I003"]))
+    assert ids(r) == ids(clean) and clean.warnings == [] and not {"I001", "I002"} & set(ids(r))
+    many = multi.recommend(None, 3, exclude=[f"x{i}" for i in range(9)])
+    assert many.warnings == ["exclude: ignored 9 unknown item ids: 'x0', 'x1', 'x2', 'x3', 'x4', ..."]
+
+
+# --- rules, carried by the bundle ----------------------------------------------------------------------------
+
+
+def test_rules_in_the_bundle_change_the_answer_and_the_tracker_sees_it(base, root, tmp_path):
+    before = base.recommend("U002", 5)
+    top = before.items[0].item_id
+    copy = rebundle(root, tmp_path / root.name, config={"rules": [{"type": "block", "items": [top]}]})
+    reg = CollectorRegistry()
+    rec = Recommender.from_bundle_dir(copy, features=base.features, registry=reg)
+    assert rec.registry is reg and rec.rules.chain.names == ("block",)
+    # deltas: once `import feast` has set PROMETHEUS_MULTIPROC_DIR before prometheus_client was first imported,
+    # same-named metrics of every registry in the process share one value
+    names = ("cartwise_rules_requests_total", "cartwise_rules_overrides_total")
+    start = [reg.get_sample_value(m) for m in names] + [reg.get_sample_value("cartwise_rules_fired_total",
+                                                                             {"rule": "block"})]
+    after = rec.recommend("U002", 5)
+    assert top not in ids(after) and ids(after)[:4] == ids(before)[1:] and after.fired == ["block"]
+    assert all(i.rules == [] for i in after.items)  # a filter acts on the item it removes
+    end = [reg.get_sample_value(m) for m in names] + [reg.get_sample_value("cartwise_rules_fired_total",
+                                                                           {"rule": "block"})]
+    assert [b - a for a, b in zip(start, end)] == [1, 1, 1]
+    assert rec.tracker.rate() == 1.0 and rec.tracker.status()["topk_overlap"] == 0.8
+    other = rec.recommend("U001", 5)  # a user whose list does not hold the blocked item: no override
+    assert top in ids(base.recommend("U001", 5)) or other.fired == []
+    assert base.tracker.rate() == 0.0  # the original bundle has no rules
+
+
+def test_out_of_stock_reads_the_bundle_item_table(base, root, tmp_path):
+    top = ids(base.recommend("U002", 5))[:2]
+
+    def sold_out(items: pd.DataFrame) -> pd.DataFrame:
+        items["in_stock"] = pd.array([False if i in top else None for i in items["item_id"]], dtype="boolean")
+        return items
+
+    copy = rebundle(root, tmp_path / root.name, config={"rules": [{"type": "out_of_stock"}]}, items=sold_out)
+    rec = Recommender.from_bundle_dir(copy, features=base.features)
+    r = rec.recommend("U002", 5)
+    assert not set(top) & set(ids(r)) and len(r.items) == 5 and r.fired == ["out_of_stock"]
+
+
+def test_per_item_rules_promotion_pin_and_diversity(base):
+    plain = ids(base.recommend("U002", 8))
+    lifted = plain[6]
+    rec = with_config(base, {"rules": [
+        {"type": "promotion", "name": "black_friday", "items": [lifted], "factor": 100.0},
+        # a new product no source knows: inserted, then placed
+        {"type": "pin", "name": "contract", "item": "NEW-1", "position": 2, "insert": True}],
+        "diversity": {"method": "max_per_category", "max_per_category": 2}})
+    r = rec.recommend("U002", 5)
+    got = {i.item_id: i.rules for i in r.items}
+    assert ids(r)[0] == lifted and got[lifted] == ["black_friday"]
+    assert ids(r)[1] == "NEW-1" and got["NEW-1"] == ["contract"] and r.items[1].source == "pin"
+    served_cats = [base.categories[i] for i in ids(r) if i != "NEW-1"]
+    assert max(served_cats.count(c) for c in set(served_cats)) <= 2
+    assert "diversity" in r.fired  # U002 buys one category: its plain top 5 is mostly that one
+    moved = [i for i, rules in got.items() if rules == ["diversity"]]
+    assert moved and all(set(rules) <= {"diversity"} for i, rules in got.items() if i not in (lifted, "NEW-1"))
+    assert r.fired == ["black_friday", "diversity", "contract"]
+    # an excluded item is never inserted by a pin
+    assert "NEW-1" not in ids(rec.recommend("U002", 5, exclude=["NEW-1"]))
+
+
+RULE_ST_CATS = ["mugs", "toys", "garden", None]
+
+
+@st.composite
+def chain_case(draw):
+    m = draw(st.integers(0, 25))
+    scores = sorted(draw(st.lists(st.floats(-3, 3, allow_nan=False), min_size=m, max_size=m)), reverse=True)
+    cands = Candidates.from_lists(
+        [f"i{j}" for j in range(m)], scores, "two_tower",
+        draw(st.lists(st.sampled_from(RULE_ST_CATS), min_size=m, max_size=m)),
+        {"in_stock": np.asarray(draw(st.lists(st.sampled_from([1.0, 1.0, 0.0, np.nan]), min_size=m, max_size=m))),
+         "margin": np.asarray(draw(st.lists(st.floats(-0.2, 0.8), min_size=m, max_size=m)))})
+    pool = [f"i{j}" for j in range(30)]
+    rules = []
+    for j, kind in enumerate(draw(st.lists(st.sampled_from(["promotion", "block", "out_of_stock", "margin"]),
+                                           max_size=4))):
+        if kind == "promotion":
+            rules.append({"type": "promotion", "name": f"p{j}", "factor": draw(st.floats(0.2, 5.0)),
+                          "items": draw(st.lists(st.sampled_from(pool), min_size=1, max_size=3)),
+                          "categories": draw(st.lists(st.sampled_from(["mugs", "toys"]), max_size=1))})
+        elif kind == "block":
+            rules.append({"type": "block", "name": f"b{j}", "items": draw(st.lists(st.sampled_from(pool), min_size=1,
+                                                                                   max_size=2))})
+        elif kind == "margin":
+            rules.append({"type": "margin_target", "name": f"m{j}", "margin_weight": draw(st.floats(0.1, 3.0))})
+        else:
+            rules.append({"type": "out_of_stock", "name": f"o{j}"})
+    pin_items = draw(st.lists(st.sampled_from(pool), max_size=2, unique=True))
+    positions = draw(st.lists(st.integers(1, 8), min_size=len(pin_items), max_size=len(pin_items), unique=True))
+    rules += [{"type": "pin", "name": f"pin{j}", "item": i, "position": p}
+              for j, (i, p) in enumerate(zip(pin_items, positions))]
+    div = draw(st.sampled_from([{"method": "none"}, {"method": "max_per_category", "max_per_category": 1},
+                                {"method": "mmr", "mmr_lambda": 0.5}]))
+    return cands, parse_config({"rules": rules, "diversity": div}), draw(st.integers(1, 10))
+
+
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=chain_case())
+def test_rule_stage_answers_exactly_what_the_rule_chain_answers(case):
+    cands, cfg, k = case
+    chain = RuleChain.from_config(cfg.rules, cfg.diversity)
+    ctx = RuleContext(dt.datetime(2024, 11, 1, tzinfo=UTC))
+    want, want_fired = chain.apply(cands, ctx, k)
+    got, fired, acted = RuleStage(chain).apply(cands, ctx, k)
+    assert got.ids.tolist() == want.ids.tolist() and got.scores.tolist() == want.scores.tolist()
+    assert fired == want_fired and len(acted) == len(got)
+    old = dict(zip(cands.ids.tolist(), cands.scores.tolist()))
+    reweights = {r.name for r in chain.rules if r.kind == "reweight"}
+    pins = {r.name: r.config.item for r in chain.rules if r.kind == "reorder"}
+    for item, score, rules in zip(got.ids.tolist(), got.scores.tolist(), acted):
+        assert set(rules) <= set(chain.names)
+        assert (score != old[item]) == bool(set(rules) & reweights)  # re-weighted exactly when a re-weight says so
+        assert all(pins[r] == item for r in rules if r in pins)
+
+
+# --- the ranking hook ----------------------------------------------------------------------------------------
+
+
+class PriceRanker:
+    """Dearest first: reads the `price` column, which it declares."""
+
+    requires = ("price",)
+
+    def __init__(self):
+        self.queries: list[Query] = []
+
+    def score(self, candidates: Candidates, query: Query) -> np.ndarray:
+        self.queries.append(query)
+        return candidates.column("price")
+
+
+def test_a_ranker_replaces_the_retrieval_scores(base):
+    ranker = PriceRanker()
+    rec = with_config(base, {"retrieval": {"k": 20}}, ranker=ranker)
+    r = rec.recommend("U002", 5)
+    prices = base.bundle.items.set_index("item_id")["price"]
+    assert [i.score for i in r.items] == sorted((i.score for i in r.items), reverse=True)
+    assert [i.score for i in r.items] == [prices[i] for i in ids(r)]
+    assert ranker.queries[-1].user_id == "U002" and ranker.queries[-1].embedding is not None
+    # the model's top K for the tracker is the ranker's
+    assert rec.tracker.status()["requests"] == 1 and rec.tracker.rate() == 0.0
+
+
+# --- wiring fails at build time ------------------------------------------------------------------------------
+
+
+class EtaConfig(BaseModel):
+    max_days: int = 3
+
+
+class NeedsEtaRule(Rule):
+    """A custom filter reading a `warehouse_eta` column no stage fills."""
+
+    kind = "filter"
+    config_class = EtaConfig
+
+    @property
+    def requires(self):
+        return ("warehouse_eta",)
+
+    def __call__(self, candidates, context):
+        return candidates
+
+
+class NeedsMarginRanker:
+    requires = ("margin", "clicks_7d")
+
+    def score(self, candidates, query):
+        return candidates.scores
+
+
+def test_miswired_configs_fail_when_the_pipeline_is_built(base):
+    cases = [
+        ({"rules": [{"type": "tests.serving.test_pipeline.NeedsEtaRule"}]}, {}, "needs 'warehouse_eta'"),
+        ({"rules": [{"type": "tests.serving.test_pipeline.NoSuchRule"}]}, {}, "cannot import"),
+        ({"retrieval": {"sources": [{"type": "no.such.Source"}]}}, {}, r"retrieval\.sources\.0.*cannot import"),
+        ({}, {"ranker": NeedsMarginRanker()}, r"needs columns \['clicks_7d'\]"),
+    ]
+    for raw, kw, match in cases:
+        with pytest.raises(PipelineWiringError, match=match):
+            with_config(base, raw, **kw)
+    # what the bundle can fill is fine: stock, margin, price, embeddings
+    with_config(base, {"rules": [{"type": "out_of_stock"}, {"type": "margin_target", "margin_weight": 1.0}],
+                       "diversity": {"method": "mmr", "similarity": "embedding"}}, ranker=PriceRanker())
+
+
+def test_a_bundle_whose_config_cannot_be_served_fails_to_load_and_never_swaps_in(base, root, tmp_path):
+    unknown = rebundle(root, tmp_path / "unknown", config={"retrieval": {"sources": ["two_tower", "nope"]}})
+    with pytest.raises(PipelineWiringError, match=r"unknown.*retrieval\.sources\.1.*unknown source type 'nope'"):
+        Recommender.from_bundle_dir(unknown, features=base.features)
+    # an older bundle: no co-purchase table, no content embeddings, no stock or margin in its item table
+    old = rebundle(root, tmp_path / "old", items=lambda t: t.drop(columns=["in_stock", "margin"]),
+                   drop=(b.BOUGHT_TOGETHER, b.CONTENT_EMBEDDINGS))
+    assert ids(Recommender.from_bundle_dir(old, features=base.features).recommend("U002", 5)) == \
+        ids(base.recommend("U002", 5))  # serves as before with the default sources
+    needs = rebundle(root, tmp_path / "needs", config={"retrieval": {"sources": ["two_tower", "bought_together"]},
+                                                       "rules": [{"type": "out_of_stock"}]},
+                     items=lambda t: t.drop(columns=["in_stock"]), drop=(b.BOUGHT_TOGETHER,))
+    with pytest.raises(PipelineWiringError, match="bought_together.parquet"):
+        Recommender.from_bundle_dir(needs, features=base.features)
+    no_stock = rebundle(root, tmp_path / "no_stock", config={"rules": [{"type": "out_of_stock"}]},
+                        items=lambda t: t.drop(columns=["in_stock"]))
+    with pytest.raises(PipelineWiringError, match="out_of_stock needs 'in_stock'"):
+        Recommender.from_bundle_dir(no_stock, features=base.features)
+    slot = BundleSlot(base)
+    result = slot.reload(unknown)
+    assert not result.ok and "unknown source type 'nope'" in slot.alert and slot.current is base
+
+
+def test_the_registry_is_injectable_and_counts_every_request(base):
+    reg = CollectorRegistry()
+    rec = with_config(base, {}, registry=reg)
+    start = reg.get_sample_value("cartwise_rules_requests_total")  # a delta: see the test above
+    for u in ("U001", None, "never-seen"):
+        rec.recommend(u, 3)
+    assert reg.get_sample_value("cartwise_rules_requests_total") - start == 3
+    assert rec.tracker.status()["requests"] == 3 and rec.tracker.rate() == 0.0
+
+
+def test_an_app_registry_follows_the_recommender_in_service(base):
+    first = with_config(base, {"rules": [{"type": "block", "items": [ids(base.recommend("U002", 1))[0]]}]})
+    second = with_config(base, {})
+    slot = BundleSlot(first, loader=lambda root: second)
+    app_registry = CollectorRegistry()
+    app_registry.register(RecommenderMetrics(lambda: slot.current))
+    with slot.acquire() as rec:
+        rec.recommend("U002", 3)
+    fired = "cartwise_rules_fired_total"
+    assert app_registry.get_sample_value(fired, {"rule": "block"}) == first.registry.get_sample_value(
+        fired, {"rule": "block"}) and first.tracker.rate() == 1.0
+    assert slot.reload(Path("unused")).ok
+    assert app_registry.get_sample_value(fired, {"rule": "block"}) is None  # the new bundle has no such rule
+    assert app_registry.get_sample_value("cartwise_rules_override_rate") == 0.0

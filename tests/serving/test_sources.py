@@ -1,0 +1,329 @@
+"""Retrieval sources: known answers on a hand-made catalog, the merge (quotas, dedupe with attribution,
+fallbacks), wiring errors, and the contract every source meets on the synthetic shop's real bundle.
+
+`SourceContract` is the family's contract mixin (STYLE.md sections 6 and 8): a
+test class for a source inherits it and says how to build the source; the
+mixin draws requests (known, unknown and anonymous users, carts, viewed
+items, categories, exclusions, unknown ids) and checks that the answer is a
+subset of the catalog, at most n long, free of excluded ids, sorted by score
+and attributed to the source, and that asking twice gives the same answer.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cartwise.bundle import current_bundle
+from cartwise.config import (
+    BoughtTogetherSourceConfig, ContentSourceConfig, PopularInCategorySourceConfig, PopularitySourceConfig,
+    RepeatSourceConfig, TwoTowerSourceConfig, parse_config,
+)
+from serving.candidates import Candidates
+from serving.pipeline import Recommender
+from serving.request import SessionContext
+from serving.sources import (
+    FOUND_BY, RETRIEVAL_SCORE, ROW, BoughtTogetherSource, Catalog, ContentSource, PopularInCategorySource,
+    PopularitySource, Query, RepeatSource, Retriever, ScannSource, Source, SourceWiringError, scale,
+)
+
+UTC = dt.timezone.utc
+AS_OF = pd.Timestamp("2011-01-31", tz="UTC")
+
+# --- a catalog small enough to work out by hand --------------------------------------------------------------
+#
+# rows:        0     1     2     3     4     5      6      7
+ITEMS = ["a", "b", "c", "d", "e", "f", "g", "h"]
+CATS = ["mugs", "mugs", "mugs", "toys", "toys", "lamps", "lamps", None]
+# popularity 1 / (1 + rank among catalog items): d 1, a 1/2, f 1/3, b 1/4, c 1/5, g 1/6 ("x" is not in the catalog)
+POPULAR = ["d", "a", "f", "b", "x", "c", "g"]
+# u1 bought a twice, 1 day before the as-of, and e 4 times, 30 days before
+HISTORY = pd.DataFrame({"user_id": ["u1", "u1"], "item_id": ["a", "e"], "purchases": [2, 4],
+                        "last_purchase": [AS_OF - pd.Timedelta(days=1), AS_OF - pd.Timedelta(days=30)]})
+PAIRS = pd.DataFrame({"item_id": ["a", "a", "b", "b", "e", "zz"], "neighbour_id": ["b", "c", "a", "d", "f", "a"],
+                      "score": [0.8, 0.4, 0.8, 0.5, 0.6, 0.9]})
+CONTENT = np.array([[1, 0], [0.8, 0.6], [0, 1], [1, 0], [0.6, 0.8], [0, 1], [0, 0], [0.6, -0.8]], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Catalog:
+    return Catalog(ITEMS, CATS, POPULAR, HISTORY, AS_OF, bought_together=PAIRS, content=CONTENT)
+
+
+def q(catalog: Catalog, user=None, cart=(), viewed=(), category=None, exclude=()) -> Query:
+    excluded = np.zeros(len(catalog), dtype=bool)
+    excluded[catalog.rows(list(exclude))[0]] = True
+    return Query(user, None, None, catalog.rows(list(cart))[0], catalog.rows(list(viewed))[0],
+                 catalog.category_code_of.get(category, -1), excluded, int(excluded.sum()), dt.datetime.now(UTC))
+
+
+def listed(c: Candidates) -> list[tuple[str, float]]:
+    return [(i, round(s, 4)) for i, s, *_ in c]
+
+
+def test_scale_is_min_max_with_constant_lists_at_one():
+    assert scale(np.array([3.0, 2.0, 1.0])).tolist() == [1.0, 0.5, 0.0]
+    assert scale(np.array([-0.2, -0.6])).tolist() == [1.0, 0.0]  # negative dot products too
+    assert scale(np.array([7.0, 7.0])).tolist() == [1.0, 1.0] and scale(np.array([0.3])).tolist() == [1.0]
+    assert scale(np.zeros(0)).tolist() == []
+
+
+def test_catalog_arrays(tiny):
+    assert tiny.popular_rows.tolist() == [3, 0, 5, 1, 2, 6]
+    assert tiny.popularity.round(4).tolist() == [0.5, 0.25, 0.2, 1.0, 0.0, 0.3333, 0.1667, 0.0]
+    assert tiny.category_codes.tolist() == [1, 1, 1, 2, 2, 0, 0, -1]  # lamps, mugs, toys; h unknown
+    h = tiny.users["u1"]
+    assert h.rows.tolist() == [0, 4] and h.age_days.tolist() == [1.0, 30.0]  # newest first
+    indptr, nbr, score = tiny.neighbours  # "zz" is not in the catalog: its pair is dropped
+    assert indptr.tolist() == [0, 2, 4, 4, 4, 5, 5, 5, 5] and nbr.tolist() == [1, 2, 0, 3, 5]
+    rows, unknown = tiny.rows(["b", "nope", "b", "a"])
+    assert rows.tolist() == [1, 0] and unknown == ["nope"]
+
+
+def test_bought_together_sums_weighted_neighbours_of_the_seeds(tiny):
+    src = BoughtTogetherSource(BoughtTogetherSourceConfig(type="bought_together")).bind(tiny)
+    # cart a (weight 1): b 0.8, c 0.4
+    assert listed(src.retrieve(q(tiny, cart=["a"]), 10)) == [("b", 0.8), ("c", 0.4)]
+    # + viewed b (weight 0.5): a 0.4 and d 0.25, but a and b are seeds, never returned
+    assert listed(src.retrieve(q(tiny, cart=["a"], viewed=["b"]), 10)) == [("c", 0.4), ("d", 0.25)]
+    # u1's latest purchases a, e (weight 0.5 each): b 0.4, f 0.3, c 0.2
+    assert listed(src.retrieve(q(tiny, user="u1"), 10)) == [("b", 0.4), ("f", 0.3), ("c", 0.2)]
+    assert listed(src.retrieve(q(tiny, user="u1"), 2)) == [("b", 0.4), ("f", 0.3)]
+    assert listed(src.retrieve(q(tiny, user="u1", exclude=["f"]), 10)) == [("b", 0.4), ("c", 0.2)]
+    assert len(src.retrieve(q(tiny), 10)) == 0
+
+
+def test_content_blends_text_cosine_and_category(tiny):
+    src = ContentSource(ContentSourceConfig(type="content", text_weight=0.5)).bind(tiny)
+    # viewed a = (1, 0), mugs: 0.5 * cos + 0.5 * [mugs] -> b 0.9, c 0.5, d 0.5 (tie: catalog order), e 0.3, h 0.3;
+    # f (cos 0, lamps) and g (no text) score 0: not similar, not returned; a is the seed
+    assert listed(src.retrieve(q(tiny, viewed=["a"]), 10)) == [("b", 0.9), ("c", 0.5), ("d", 0.5), ("e", 0.3),
+                                                                 ("h", 0.3)]
+    # the latest view weighs 1, the one before 1/2: viewed c then a -> weights 1/3 (c) and 2/3 (a)
+    got = dict(listed(src.retrieve(q(tiny, viewed=["c", "a"]), 10)))
+    assert got["b"] == pytest.approx(0.5 * (0.8 * 2 / 3 + 0.6 / 3) + 0.5, abs=1e-4) and "a" not in got
+    # no viewed items: the cart is the query
+    assert listed(src.retrieve(q(tiny, cart=["a"]), 1)) == [("b", 0.9)]
+    # a category alone: its items first (d and e, whose mean embedding is (0.894, 0.447))
+    top = src.retrieve(q(tiny, category="toys"), 10)
+    assert set(top.ids[:2].tolist()) == {"d", "e"} and top.scores[0] == pytest.approx(0.5 + 0.5 * 0.8944, abs=1e-3)
+    assert len(src.retrieve(q(tiny), 10)) == 0
+    # without text: category only
+    plain = ContentSource(ContentSourceConfig(type="content", text_weight=0.0)).bind(tiny)
+    assert listed(plain.retrieve(q(tiny, viewed=["a"]), 10)) == [("b", 1.0), ("c", 1.0)]
+
+
+def test_repeat_weighs_purchases_by_recency(tiny):
+    src = RepeatSource(RepeatSourceConfig(type="repeat", half_life_days=30)).bind(tiny)
+    # e: 4 x 0.5 ** (30 / 30) = 2.0 beats a: 2 x 0.5 ** (1 / 30) = 1.954 (older, but bought more)
+    assert listed(src.retrieve(q(tiny, user="u1"), 10)) == [("e", 2.0), ("a", 1.9543)]
+    short = RepeatSource(RepeatSourceConfig(type="repeat", half_life_days=1)).bind(tiny)
+    assert short.retrieve(q(tiny, user="u1"), 10).ids.tolist() == ["a", "e"]  # 2 x 0.5 > 4 x 0.5 ** 30
+    assert len(src.retrieve(q(tiny, user="nobody"), 10)) == 0 and len(src.retrieve(q(tiny), 10)) == 0
+
+
+def test_popular_in_category_uses_session_and_user_categories(tiny):
+    src = PopularInCategorySource(PopularInCategorySourceConfig(type="popular_in_category")).bind(tiny)
+    assert listed(src.retrieve(q(tiny, category="mugs"), 10)) == [("a", 0.5), ("b", 0.25), ("c", 0.2)]
+    # the cart's category (lamps) and the viewed item's (toys: e is not a best seller)
+    assert src.retrieve(q(tiny, cart=["g"], viewed=["e"]), 10).ids.tolist() == ["d", "f", "g"]
+    # u1 bought mugs and toys
+    assert src.retrieve(q(tiny, user="u1", exclude=["a"]), 10).ids.tolist() == ["d", "b", "c"]
+    assert len(src.retrieve(q(tiny, category="unknown-cat"), 10)) == 0
+
+
+def test_popularity_skips_excluded(tiny):
+    src = PopularitySource(PopularitySourceConfig(type="popularity")).bind(tiny)
+    assert src.retrieve(q(tiny, exclude=["d", "f"]), 3).ids.tolist() == ["a", "b", "c"]
+
+
+def _retriever(catalog, sources, k=5):
+    return Retriever.from_config(parse_config({"retrieval": {"k": k, "sources": sources}}).retrieval, catalog)
+
+
+MIXED = [{"type": "repeat", "quota": 2}, {"type": "bought_together", "quota": 3},
+         {"type": "popular_in_category", "quota": 3, "fallback": False}, "popularity"]
+
+
+def test_merge_dedupes_with_attribution_and_respects_quotas(tiny):
+    r = _retriever(tiny, MIXED)
+    query = q(tiny, user="u1", cart=["a"], exclude=["a"])
+    # repeat: e 2.0 (a excluded) -> scaled 1. bought_together (seeds a, a, e): b 1.2, c 0.6, f 0.3 -> 1, 1/3, 0.
+    # popular_in_category (mugs from the cart and u1; toys from u1): d 1, b 1/4, c 1/5 -> 1, 1/16, 0.
+    # b and c are found twice and keep bought_together's higher scaled score; ties at 1 go to the source
+    # declared first: e (repeat), b (bought_together), d (popular_in_category).
+    got = r.retrieve(query, 5)
+    assert got.ids.tolist() == ["e", "b", "d", "c", "f"]
+    assert got.sources.tolist() == ["repeat", "bought_together", "popular_in_category", "bought_together",
+                                    "bought_together"]
+    assert got.scores.round(4).tolist() == [1.0, 1.0, 1.0, 0.3333, 0.0]
+    assert [r.found_by(m) for m in got.column(FOUND_BY).tolist()] == [
+        ["repeat"], ["bought_together", "popular_in_category"], ["popular_in_category"],
+        ["bought_together", "popular_in_category"], ["bought_together"]]
+    assert got.column(RETRIEVAL_SCORE).round(4).tolist() == [2.0, 1.2, 1.0, 0.6, 0.3]  # raw, of the attributed source
+    assert got.column(ROW).tolist() == [4, 1, 3, 2, 5]
+    # quotas: bought_together capped at 2 loses f, so the budget has a free place, which the popularity
+    # fallback fills with its best unfound item: f again, now attributed to popularity
+    capped = _retriever(tiny, [MIXED[0], {**MIXED[1], "quota": 2}, *MIXED[2:]]).retrieve(query, 5)
+    assert capped.ids.tolist() == ["e", "b", "d", "c", "f"] and (capped.sources == "bought_together").sum() == 2
+    assert capped.sources[-1] == "popularity" and capped.scores[-1] < 0
+
+
+def test_fallbacks_only_fill_the_budget_below_everything_else(tiny):
+    r = _retriever(tiny, MIXED)
+    query = q(tiny, user="u1", cart=["a"], exclude=["a"])
+    # budget 7: the five above, then popularity adds what nobody found: g (1/6, alone: scaled 1 -> 1 - 1 - 1 = -1)
+    got = r.retrieve(query, 7)
+    assert got.ids.tolist() == ["e", "b", "d", "c", "f", "g"] and got.sources[-1] == "popularity"
+    assert got.scores[-1] == -1.0 and got.scores[:-1].min() >= 0.0
+    assert len(r.retrieve(query, 5)) == 5  # full: the fallback is not asked
+    # an anonymous shopper with nothing in play: popularity only, scores in [-2, -1], best first
+    anon = r.retrieve(q(tiny), 3)
+    assert anon.ids.tolist() == ["d", "a", "f"] and anon.scores[0] == -1.0 and anon.scores.min() >= -2.0
+
+
+def test_weights_scale_a_source(tiny):
+    r = _retriever(tiny, [{"type": "repeat", "weight": 0.5}, {"type": "bought_together"}])
+    got = r.retrieve(q(tiny, user="u1"), 10)
+    # repeat e 1.0 x 0.5, a 0 (2 items: scaled 1 and 0); bought_together b 1, f 0.5, c 0
+    assert listed(got)[:3] == [("b", 1.0), ("e", 0.5), ("f", 0.5)]
+
+
+def test_sources_needing_a_missing_bundle_part_fail_when_wired():
+    bare = Catalog(ITEMS, CATS, POPULAR, HISTORY, AS_OF)  # no index, no co-purchase table, no content
+    with pytest.raises(SourceWiringError, match=r"retrieval\.sources\.1 \(bought_together\).*bought_together\.parquet"):
+        _retriever(bare, ["popularity", "bought_together"])
+    with pytest.raises(SourceWiringError, match="two_tower.*ScaNN index"):
+        _retriever(bare, ["two_tower"])
+    _retriever(bare, ["content", "repeat", "popular_in_category", "popularity"])  # these need nothing extra
+
+
+class FixedSource(Source):
+    """A custom source (by dotted path): the ids in its params, scored by list order; no `row` column."""
+
+    def retrieve(self, query, n):
+        ids = list(self.config["ids"])[:n]
+        return Candidates.from_lists(ids, -np.arange(len(ids), dtype=float), self.name)
+
+
+def test_custom_sources_by_dotted_path_and_wiring_errors(tiny):
+    r = _retriever(tiny, [{"type": "tests.serving.test_sources.FixedSource", "name": "fixed",
+                           "params": {"ids": ["c", "nope", "a"]}}])
+    got = r.retrieve(q(tiny), 5)  # unknown ids are dropped, rows looked up
+    assert got.ids.tolist() == ["c", "a"] and got.column(ROW).tolist() == [2, 0] and set(got.sources) == {"fixed"}
+    with pytest.raises(SourceWiringError, match="cannot import 'no.such.Source'"):
+        _retriever(tiny, [{"type": "no.such.Source"}])
+    with pytest.raises(SourceWiringError, match="is not a serving.sources.Source subclass"):
+        _retriever(tiny, [{"type": "serving.sources.Catalog"}])
+
+
+# --- the contract, on the synthetic shop's real bundle -------------------------------------------------------
+
+USERS = [f"U{u:03d}" for u in range(12)] + ["never-seen", None]
+SHOP_ITEMS = [f"I{i:03d}" for i in range(48)]
+ids_st = st.lists(st.sampled_from(SHOP_ITEMS + ["not-an-item"]), max_size=6)
+
+
+@st.composite
+def requests_st(draw) -> dict:
+    session = draw(st.none() | st.builds(
+        SessionContext, cart=ids_st, viewed=ids_st,
+        category=st.none() | st.sampled_from(["cat0", "cat1", "cat2", "cat3", "unknown-cat"])))
+    return {"user_id": draw(st.sampled_from(USERS)), "exclude": draw(ids_st),
+            "exclude_purchased": draw(st.booleans()), "session": session}
+
+
+@pytest.fixture(scope="module")
+def shop(trained_shop) -> Recommender:
+    cfg, *_ = trained_shop
+    return Recommender.from_bundle_dir(current_bundle(cfg.work_dir / "bundles"))
+
+
+@pytest.mark.integration
+class SourceContract:
+    """Mixin: every source's answer is valid for any request. Subclasses define `make` and `productive`."""
+
+    def make(self) -> Source:
+        raise NotImplementedError
+
+    #: a request this source answers with something
+    productive: dict = {}
+
+    # one test body shared by every source class is what a contract mixin is (hypothesis flags it)
+    @settings(max_examples=60, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
+    @given(req=requests_st(), n=st.integers(0, 60))
+    def test_answer_is_a_valid_candidate_list(self, shop, req, n):
+        src = self.make().bind(shop.catalog)
+        query, _, _ = shop.query(**req)
+        got = src.retrieve(query, n)
+        cat = shop.catalog
+        assert isinstance(got, Candidates) and len(got) <= n
+        ids = got.ids.tolist()
+        assert len(set(ids)) == len(ids) and set(ids) <= set(cat.item_ids.tolist())
+        rows = got.column(ROW)
+        assert cat.item_ids[rows].tolist() == ids and cat.categories[rows].tolist() == got.categories.tolist()
+        assert not query.excluded[rows].any()
+        assert set(ids).isdisjoint(req["exclude"])
+        if req["session"] is not None:
+            assert set(ids).isdisjoint(req["session"].cart)  # the pipeline excludes the cart
+        assert np.isfinite(got.scores).all() and (np.diff(got.scores) <= 0).all()
+        assert set(got.sources.tolist()) <= {src.name}
+        again = src.retrieve(query, n)
+        assert again.ids.tolist() == ids and again.scores.tolist() == got.scores.tolist()
+
+    def test_answers_the_request_it_is_for(self, shop):
+        src = self.make().bind(shop.catalog)
+        query, _, _ = shop.query(**{"user_id": None, **self.productive})
+        assert len(src.retrieve(query, 10)) == 10
+
+
+class TestScannSource(SourceContract):
+    productive = {"user_id": "U002"}
+
+    def make(self):
+        return ScannSource(TwoTowerSourceConfig(type="two_tower"))
+
+    def test_matches_the_bundle_search(self, shop):
+        query, _, _ = shop.query("U002")
+        idx, _ = shop.bundle.searcher.search(query.embedding, final_num_neighbors=5)
+        assert self.make().bind(shop.catalog).retrieve(query, 5).column(ROW).tolist() == list(idx)
+
+
+class TestBoughtTogetherSource(SourceContract):
+    productive = {"session": SessionContext(cart=["I000", "I001"])}
+
+    def make(self):
+        return BoughtTogetherSource(BoughtTogetherSourceConfig(type="bought_together"))
+
+
+class TestContentSource(SourceContract):
+    productive = {"session": SessionContext(viewed=["I003"])}
+
+    def make(self):
+        return ContentSource(ContentSourceConfig(type="content"))
+
+
+class TestRepeatSource(SourceContract):
+    productive = {"user_id": "U002"}
+
+    def make(self):
+        return RepeatSource(RepeatSourceConfig(type="repeat"))
+
+
+class TestPopularInCategorySource(SourceContract):
+    productive = {"session": SessionContext(category="cat2")}
+
+    def make(self):
+        return PopularInCategorySource(PopularInCategorySourceConfig(type="popular_in_category"))
+
+
+class TestPopularitySource(SourceContract):
+    productive = {}
+
+    def make(self):
+        return PopularitySource(PopularitySourceConfig(type="popularity"))
