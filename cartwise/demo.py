@@ -3,7 +3,8 @@
 Where it sits: top layer. Runs every pipeline stage in order (ingest ->
 features -> point-in-time dataset -> Great Expectations validation ->
 two-tower training -> ranking rows and DCN ranking -> evaluation with
-baselines and the HTML report -> export), then starts the
+baselines and the HTML report on the split; then the same training on all
+the data -> export), then starts the
 real HTTP server on a loopback port, fetches one recommendation over HTTP
 and prints it, and stops the server.
 """
@@ -13,6 +14,7 @@ import json
 import time
 
 import httpx
+import pandas as pd
 
 from cartwise.bundle import current_bundle
 from cartwise.config import CartwiseConfig
@@ -23,17 +25,36 @@ from serving.app import create_app
 from serving.pipeline import Recommender
 from serving.server import BackgroundServer
 
-STAGES = (
-    ("ingest", ingest.run),
-    ("build-features", build_features.run),
+TRAINING = (
     ("build-dataset", build_dataset.run),
     ("validate", validate_dataset.run),
     ("train", train_retrieval.run),
     ("build-ranking-dataset", build_ranking_dataset.run),
     ("train-ranking", train_ranking.run),
+)
+#: evaluated on the split of cartwise.yaml, then trained again on all the data and exported
+STAGES = (
+    ("ingest", ingest.run),
+    ("build-features", build_features.run),
+    *TRAINING,
     ("evaluate", evaluate.run),
+    *((f"{name} (all data)", fn) for name, fn in TRAINING),
     ("export", export.run),
 )
+FINAL = {f"{name} (all data)" for name, _ in TRAINING} | {"export"}
+
+
+def all_data_config(config: CartwiseConfig) -> CartwiseConfig:
+    """`config` with the training window extended to the last day of the ingested events.
+
+    The split of `evaluation` is where the settings are chosen and measured;
+    the model a shop deploys is then trained the same way on everything it
+    has. The evaluation's metrics.json stays the split's.
+    """
+    events = pd.read_parquet(config.work_dir / "ingest" / "events.parquet", columns=["event_timestamp"])
+    last_day = pd.Timestamp(events["event_timestamp"].max()).date()
+    ev = config.evaluation.model_copy(update={"split_date": last_day, "test_end": None})
+    return config.model_copy(update={"evaluation": ev})
 
 
 def sample_user(recommender: Recommender) -> str:
@@ -47,9 +68,13 @@ def run(config: CartwiseConfig, *, log=default_log) -> dict:
     """Run every stage, then one real HTTP request; returns what it printed as a dict."""
     t0 = time.perf_counter()
     results = {}
+    final = None
     for name, fn in STAGES:
         log(f"\n=== {name} ===")
-        results[name] = fn(config, log=log)
+        if name in FINAL and final is None:
+            final = all_data_config(config)
+            log(f"(training end moved from {config.evaluation.split_date} to {final.evaluation.split_date})")
+        results[name] = fn(final if name in FINAL else config, log=log)
     bundle_dir = current_bundle(config.work_dir / "bundles")
     log("\n=== serve ===")
     recommender = Recommender.from_bundle_dir(bundle_dir)

@@ -9,7 +9,8 @@ from cartwise.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = {
-    "ingest": [], "build-features": ["--repo"], "build-dataset": [], "validate": ["--candidate", "--adapter", "--out"],
+    "ingest": [], "build-features": ["--repo"], "build-dataset": [], "build-ranking-dataset": [],
+    "train-ranking": [], "validate": ["--candidate", "--adapter", "--out"],
     "rollback": [], "index": [], "train": [],
     "evaluate": ["--test-events", "--adapter", "--out"], "export": [], "serve": ["--host", "--port", "--bundle", "--watch", "--reload-token-env"],
     "recommend": ["--users", "--k", "--out", "--exclude-purchased", "--bundle"], "demo": [],
