@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cartwise.extensions import check_type, labels
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Discriminator, Tag
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "return")
@@ -247,11 +249,7 @@ def _known_source_type(v: object) -> object:
     if isinstance(v, str):
         v = {"type": v}
     if isinstance(v, dict):
-        t = v.get("type")
-        if t is None:
-            raise ValueError(f"a source needs a `type`: one of {', '.join(SOURCE_TYPES)} or a dotted path")
-        if not isinstance(t, str) or ("." not in t and t not in SOURCE_TYPES):
-            raise ValueError(f"unknown source type {t!r}; expected one of {', '.join(SOURCE_TYPES)} or a dotted path")
+        check_type(v, "source", SOURCE_TYPES)
     elif not isinstance(v, BaseModel):
         raise ValueError("a source is a name or a mapping `{type: ..., quota: ..., <params>}`")
     return v
@@ -274,10 +272,7 @@ SourceConfig = Annotated[
 
 def source_names(sources: list) -> list[str]:
     """The label of each source: its `name`, else its type (suffixed `_<place>` when the type repeats)."""
-    counts: dict[str, int] = {}
-    for s in sources:
-        counts[s.type] = counts.get(s.type, 0) + 1
-    return [s.name or (s.type if counts[s.type] == 1 else f"{s.type}_{i + 1}") for i, s in enumerate(sources)]
+    return labels(sources)
 
 
 def _check_sources(sources: list) -> list:
@@ -609,11 +604,7 @@ def _rule_tag(v: object) -> str | None:
 
 def _known_rule_type(v: object) -> object:
     if isinstance(v, dict):
-        t = v.get("type")
-        if t is None:
-            raise ValueError(f"a rule needs a `type`: one of {', '.join(RULE_TYPES)} or a dotted path")
-        if not isinstance(t, str) or ("." not in t and t not in RULE_TYPES):
-            raise ValueError(f"unknown rule type {t!r}; expected one of {', '.join(RULE_TYPES)} or a dotted path")
+        check_type(v, "rule", RULE_TYPES)
     elif not isinstance(v, BaseModel):
         raise ValueError("a rule is a mapping `{type: ..., <params>}`")
     return v
@@ -635,10 +626,7 @@ RuleConfig = Annotated[
 
 def rule_names(rules: list) -> list[str]:
     """The label of each rule: its `name`, else its type (suffixed `_<place>` when the type repeats)."""
-    counts: dict[str, int] = {}
-    for r in rules:
-        counts[r.type] = counts.get(r.type, 0) + 1
-    return [r.name or (r.type if counts[r.type] == 1 else f"{r.type}_{i + 1}") for i, r in enumerate(rules)]
+    return labels(rules)
 
 
 def _check_rules(rules: list) -> list:

@@ -28,7 +28,6 @@ that list is what :class:`serving.overrides.OverrideTracker` counts.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from cartwise.config import (
     BlockRuleConfig, ConfigError, CustomRuleConfig, DiversityConfig, MarginTargetRuleConfig, OutOfStockRuleConfig,
     PinRuleConfig, PromotionRuleConfig, rule_names,
 )
+from cartwise.extensions import load_class
 from feature_repo import names as n
 from serving.candidates import Candidates
 from serving.diversity import Diversifier
@@ -326,15 +326,7 @@ def rule_class(type_: str) -> type[Rule]:
     Raises:
         RuleWiringError: not importable or not a Rule subclass.
     """
-    path = RULES.get(type_, type_)
-    module, _, attr = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise RuleWiringError(f"rule type {type_!r}: cannot import {path!r}: {e}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Rule)):
-        raise RuleWiringError(f"rule type {type_!r}: {path!r} is not a serving.rules.Rule subclass")
-    return cls
+    return load_class(RULES, type_, Rule, RuleWiringError, "rule")
 
 
 def build_rule(config: BaseModel, name: str, where: str = "rules") -> Rule:

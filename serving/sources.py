@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -64,6 +63,7 @@ from cartwise.config import (
     BoughtTogetherSourceConfig, ConfigError, ContentSourceConfig, CustomSourceConfig, PopularInCategorySourceConfig,
     PopularitySourceConfig, RepeatSourceConfig, RetrievalConfig, TwoTowerSourceConfig, source_names,
 )
+from cartwise.extensions import load_class
 from feature_repo import names as n
 from serving.candidates import Candidates
 
@@ -537,15 +537,7 @@ def source_class(type_: str) -> type[Source]:
     Raises:
         SourceWiringError: not importable or not a Source subclass.
     """
-    path = SOURCES.get(type_, type_)
-    module, _, attr = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise SourceWiringError(f"source type {type_!r}: cannot import {path!r}: {e}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Source)):
-        raise SourceWiringError(f"source type {type_!r}: {path!r} is not a serving.sources.Source subclass")
-    return cls
+    return load_class(SOURCES, type_, Source, SourceWiringError, "source")
 
 
 def build_source(config: BaseModel, name: str) -> Source:

@@ -7,6 +7,12 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Timing is measured in benchmarks/, never in tests: on a shared 2-core machine one example can take
+# longer than Hypothesis' default 200 ms deadline, which would fail a property that holds.
+settings.register_profile("cartwise", deadline=None)
+settings.load_profile("cartwise")
 
 from cartwise.config import parse_config  # noqa: E402
 from tests.synthetic import make_shop, write_ingest  # noqa: E402
