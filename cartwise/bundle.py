@@ -235,6 +235,10 @@ def load_tower(path: Path) -> Callable[[dict], np.ndarray]:
     spec = module.embed.input_signature[0] if hasattr(module.embed, "input_signature") else None
 
     def embed(inputs: dict) -> np.ndarray:
+        missing = sorted(set(spec) - set(inputs)) if spec is not None else []
+        if missing:
+            raise BundleError(f"{path}: the tower needs inputs {', '.join(missing)}, which the caller did not "
+                              "give (a tower saved by another version of the training code?)")
         feed = {}
         for k, v in inputs.items():
             if spec is not None and k not in spec:

@@ -38,10 +38,11 @@ STAGES = (
     ("build-features", build_features.run),
     *TRAINING,
     ("evaluate", evaluate.run),
-    *((f"{name} (all data)", fn) for name, fn in TRAINING),
+    # the ranker is not retrained: serving does not use it yet (its online features are issue 6's work)
+    *((f"{name} (all data)", fn) for name, fn in TRAINING if "ranking" not in name),
     ("export", export.run),
 )
-FINAL = {f"{name} (all data)" for name, _ in TRAINING} | {"export"}
+FINAL = {name for name, _ in STAGES if name.endswith("(all data)")} | {"export"}
 
 
 def all_data_config(config: CartwiseConfig) -> CartwiseConfig:

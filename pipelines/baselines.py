@@ -245,7 +245,7 @@ class ItemKNN:
     their neighbors agree with", and the neighbor term fills the rest of the
     list, which is why it beats `repeat` there.
 
-    Tuned on the evaluation split (module docstring) with the 180-day
+    Tuned on the evaluation split's test window (module docstring) with the 180-day
     half-life of `Interactions`: NDCG@10 all items / new-to-user (recall@50
     in brackets). Defaults in the first row:
 
@@ -353,7 +353,7 @@ class EASE:
     the user having bought it: this is a new-to-user recommender. Scores are
     binary X_rows B.
 
-    Tuned on the evaluation split (module docstring): NDCG@10 all items /
+    Tuned on the evaluation split's test window (module docstring): NDCG@10 all items /
     new-to-user (recall@50 in brackets); default marked *:
 
     ====== =============== ===============

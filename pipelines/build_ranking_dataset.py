@@ -90,7 +90,7 @@ def ranking_features(store, pairs: pd.DataFrame, as_of: pd.Timestamp, categories
     ts = pd.Timestamp(as_of)
     entity_df = pairs[[n.USER_ID, n.ITEM_ID]].copy()
     entity_df["_row"] = np.arange(len(entity_df))
-    entity_df[n.CATEGORY_KEY] = entity_df[n.ITEM_ID].map(categories).fillna("other").astype(str)
+    entity_df[n.CATEGORY_KEY] = entity_df[n.ITEM_ID].map(categories).fillna("unknown").astype(str)
     entity_df[n.EVENT_TIMESTAMP] = ts
     entity_df[n.REQUEST_TS] = np.int64(ts.timestamp())
     out = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(n.RANKING_SERVICE),
@@ -160,6 +160,10 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     """Build `<work_dir>/ranking_dataset/train.parquet` (one block of rows per cut-off) and its manifest."""
     layout = Layout(config.work_dir)
     out_dir = layout.root / STAGE
+    for path, cmd in ((layout.ingest / "events.parquet", "ingest"),
+                      (layout.feature_store / "feature_store.yaml", "build-features")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; run `cartwise {cmd}` first")
     events = pd.read_parquet(layout.ingest / "events.parquet")
     items = pd.read_parquet(layout.ingest / "items.parquet")
     purchases = events[events[n.EVENT_TYPE] == n.PURCHASE]

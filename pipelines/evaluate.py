@@ -14,10 +14,12 @@ ranking and the relevant set (users left with nothing relevant drop out).
 
 Methods, all computed in the same run on the same users:
 `model` (retrieval + ranking: candidates from the user's own items, item-kNN,
-EASE, popularity and the two-tower index, scored by the DCN ranking model on
-Feast features read point in time at the cut-off, with `ranking.new_item_slots`
-positions for items never sold before it), `two_tower` (the retrieval index
-alone), and the baselines of pipelines/baselines.py: `popularity` (last
+EASE and popularity, plus `ranking.candidates.two_tower` from the two-tower
+index (0 by default), scored by the DCN ranking model on Feast features read
+point in time at the cut-off), `model_new_item_slots` (the same lists with
+`ranking.new_item_slots` positions given to items never sold before the
+cut-off: the cold-start route, reported apart because the baselines have no
+such slots), `two_tower` (the retrieval index alone), and the baselines of pipelines/baselines.py: `popularity` (last
 `evaluation.popularity_days`), `repeat` (own items by recency-weighted
 purchases), `item_knn` (co-purchase) and `ease`.
 
@@ -69,12 +71,8 @@ def purchase_history(purchases: pd.DataFrame) -> pd.DataFrame:
 
 
 def popular_items(purchases: pd.DataFrame, before: pd.Timestamp, days: int) -> list[str]:
-    """Items by number of purchase lines in the `days` before `before` (ties by id)."""
-    recent = purchases[(purchases[n.EVENT_TIMESTAMP] < before)
-                       & (purchases[n.EVENT_TIMESTAMP] >= before - pd.Timedelta(days=days))]
-    counts = recent.groupby(n.ITEM_ID).size().reset_index(name="c")
-    counts[n.ITEM_ID] = counts[n.ITEM_ID].astype(str)
-    return counts.sort_values(["c", n.ITEM_ID], ascending=[False, True])[n.ITEM_ID].tolist()
+    """Items by number of purchase lines in the `days` before `before` (ties by id); see baselines.popularity."""
+    return baselines.popularity(purchases, before, days)
 
 
 def repeat_lists(history: pd.DataFrame, users: Sequence[str], as_of: pd.Timestamp,
@@ -208,13 +206,20 @@ def test_targets(history: pd.DataFrame, test: pd.DataFrame) -> tuple[list[str], 
 def evaluate_all(*, history: pd.DataFrame, test: pd.DataFrame, popular: list[str], catalog: set[str],
                  embed_query: Callable, searcher, item_ids: np.ndarray, user_features: Callable[[list[str]], pd.DataFrame],
                  as_of: pd.Timestamp, ks: Sequence[int], log: Log) -> dict:
-    """Model and baselines on one split; `user_features(users)` gives the query-tower inputs."""
+    """The two-tower index and the baselines a bundle can compute (`run_on_file`).
+
+    A bundle carries per (user, item) purchase summaries, not purchase lines,
+    so `repeat` here ranks a user's items by purchases x 0.5^(days since the
+    last / 30) and item-kNN, EASE and the ranker are not computed: these
+    figures compare with each other, not with `run`'s. `user_features(users)`
+    gives the query-tower inputs.
+    """
     users, relevant, hist_sets = test_targets(history, test)
     max_k = max(ks)
     length = max_k + max((len(s) for s in hist_sets.values()), default=0)
-    with step(STAGE, f"model and baselines for {len(users):,} warm test users", log):
+    with step(STAGE, f"two-tower and baselines for {len(users):,} warm test users", log):
         lists = {
-            "model": model_lists(embed_query, searcher, item_ids, user_features(users), length),
+            "two_tower": model_lists(embed_query, searcher, item_ids, user_features(users), length),
             "popularity": {u: popular[:length] for u in users},
             "repeat": repeat_lists(history, users, as_of, popular, length),
         }
@@ -268,6 +273,23 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     events = pd.read_parquet(layout.ingest / "events.parquet")
     items = pd.read_parquet(layout.ingest / "items.parquet")
     cutoff = train_cutoff(config)
+    ranking_dir = layout.root / "ranking_model"
+    trained = [(layout.model / "training_summary.json", "cutoff", "train")]
+    if config.ranking.enabled:
+        trained.append((ranking_dir / "training_summary.json", "training_end", "train-ranking"))
+    for path, key, cmd in trained:
+        if cmd == "train-ranking" and not path.is_file():
+            continue  # said below, with what to run
+        end = pd.Timestamp(read_json(path)[key])
+        if end > cutoff:
+            raise ValueError(f"{path}: this model was trained on data up to {end:%Y-%m-%d}, after the evaluation "
+                             f"cut-off {cutoff:%Y-%m-%d} (it has seen the test window); run `cartwise {cmd}` "
+                             "with this config before evaluating")
+    if ev.test_end is not None and config.ranking.enabled:
+        window = (pd.Timestamp(ev.test_end) - pd.Timestamp(ev.split_date)).days
+        if window != config.ranking.label_days:
+            log(f"[{STAGE}] warning: ranking.label_days is {config.ranking.label_days} but the test window is "
+                f"{window} days: the ranker is trained for another horizon than it is measured on")
     test_end = pd.Timestamp(ev.test_end, tz="UTC") + pd.Timedelta(days=1) if ev.test_end else None
     train_p, test_p = split_purchases(events, cutoff, test_end)
     if test_p.empty:
@@ -292,8 +314,8 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
                                          user_features_as_of(store, users, cutoff), length)
     with step(STAGE, "baselines: popularity, repeat, item-kNN, EASE", log):
         lists.update(baseline_lists(train_p, users, cutoff, popular, length))
-    ranking_dir = layout.root / "ranking_model"
     candidates = pd.DataFrame()
+    own_lists: dict = {}
     if config.ranking.enabled:
         if not (ranking_dir / "training_summary.json").is_file():
             raise FileNotFoundError(f"{ranking_dir}: no ranking model; run `cartwise build-ranking-dataset` and "
@@ -308,17 +330,19 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
         # positions are reserved in the list as served: after exclusions, so the new-to-user variant
         # (the list with `exclude_purchased`) gets them at the same positions
         ranked_new = {u: [i for i in lst if i not in hist_sets.get(u, set())] for u, lst in ranked.items()}
+        own_lists = {"model": ranked_new}
+        lists = {"model": ranked, **lists}
         if r.new_item_slots and new:
             emb_text = text_embeddings(items, dim=config.features.text_embedding_size)
             cust = train_p[train_p[n.USER_ID].notna()]
             picks = new_item_lists(emb_text, new, cust, users, cutoff, r.new_item_slots)
-            ranked = insert_slots(ranked, picks, r.new_item_slots, r.new_item_first_position)
-            ranked_new = insert_slots(ranked_new, picks, r.new_item_slots, r.new_item_first_position)
-        lists = {"model": ranked, **lists}
+            lists["model_new_item_slots"] = insert_slots(ranked, picks, r.new_item_slots, r.new_item_first_position)
+            own_lists["model_new_item_slots"] = insert_slots(ranked_new, picks, r.new_item_slots,
+                                                             r.new_item_first_position)
     revenue = test_revenue(test_p)
     with step(STAGE, "metrics", log):
         metrics = score_lists(lists, relevant, hist_sets, ev.k, catalog, revenue,
-                              new_to_user_lists={"model": ranked_new} if "model" in lists else None)
+                              new_to_user_lists=own_lists if "model" in lists else None)
         lines = train_p[train_p[n.USER_ID].notna()].groupby(n.USER_ID).size()
         median_lines = float(lines.loc[users].median()) if users else 0.0
         cohorts = {"light_users": [u for u in users if lines.get(u, 0) <= median_lines],

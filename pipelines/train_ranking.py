@@ -84,6 +84,8 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     """Train on `<work_dir>/ranking_dataset/train.parquet` and write `<work_dir>/ranking_model/`."""
     layout = Layout(config.work_dir)
     src = layout.root / "ranking_dataset"
+    if not (src / "train.parquet").is_file():
+        raise FileNotFoundError(f"{src / 'train.parquet'}: not found; run `cartwise build-ranking-dataset` first")
     summary_in = read_json(src / "summary.json")
     features = list(summary_in["features"])
     train = pd.read_parquet(src / "train.parquet")
