@@ -123,7 +123,8 @@ def sample_negatives(entities: pd.DataFrame, items: pd.DataFrame, k: int, seed: 
     """
     if k == 0 or entities.empty:
         return entities.iloc[0:0]
-    cat = items.sort_values([n.FIRST_SEEN, n.ITEM_ID]).reset_index(drop=True)
+    # an item without a first appearance (a catalog row no event mentions) is never "available at t"
+    cat = items[items[n.FIRST_SEEN].notna()].sort_values([n.FIRST_SEEN, n.ITEM_ID]).reset_index(drop=True)
     ids = cat[n.ITEM_ID].astype(object).to_numpy()
     first = cat[n.FIRST_SEEN].astype("datetime64[us, UTC]").astype("int64").to_numpy()
     when = entities[n.EVENT_TIMESTAMP].astype("datetime64[us, UTC]").astype("int64").to_numpy()

@@ -205,6 +205,11 @@ def test_sampled_negatives_join_like_their_positive(trained_shop):
     assert neg[n.EVENT_ID].is_unique
     again = sample_negatives(ent, items, k=3, seed=1)
     assert again[n.ITEM_ID].tolist() == neg[n.ITEM_ID].tolist()  # same seed, same sample
+    # a catalog row no event mentions (no first appearance) is never drawn and breaks nothing
+    ghost = pd.concat([items, items.iloc[:1].assign(**{n.ITEM_ID: "never-seen", n.FIRST_SEEN: pd.NaT})],
+                      ignore_index=True)
+    with_ghost = sample_negatives(ent, ghost, k=3, seed=1)
+    assert "never-seen" not in set(with_ghost[n.ITEM_ID]) and len(with_ghost) == len(neg)
 
 
 def test_configured_max_age_makes_old_user_features_missing(trained_shop):
