@@ -5,7 +5,8 @@ evaluate -> **drift gate** (validation/gate.py, against the CURRENT bundle's
 reference) -> **export** -> `<work_dir>/bundles/<version>/` and the `CURRENT`
 pointer that serving reads and hot-swaps (layout and loaders in
 `cartwise/bundle.py`). `pipelines/update_index.py` reuses the bundle writer
-to publish a new index without retraining.
+(:func:`write_index`, :func:`write_tables`, :func:`publish`) to publish a new
+index without retraining.
 
 The bundle holds both towers (SavedModel), the item table, candidate-tower
 inputs and embeddings of the whole catalog as of the data's end, the ScaNN
@@ -304,6 +305,48 @@ def write_golden(staging: Path, store, users: list[str], as_of: pd.Timestamp, se
     return recall
 
 
+def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, searcher, params: dict,
+                 items: pd.DataFrame, events: pd.DataFrame, as_of: pd.Timestamp, config: CartwiseConfig,
+                 log: Log = default_log) -> dict:
+    """Everything a bundle holds after its towers and index, written alike by export and `cartwise index update`:
+    golden queries (with the index recall gate), the serving tables (:func:`write_serving_tables`) and config.json.
+
+    Args:
+        staging: the bundle being written; towers and index are in it.
+        store: the Feast store (golden users' query-tower inputs as of `as_of`).
+        frame: item features as of `as_of`, one row per indexed item, in index order.
+        emb: (N, D) float32 item embeddings, rows as `frame`.
+        searcher: the ScaNN searcher over `emb`.
+        params: its index parameters (:func:`write_index`).
+        items: the ingested catalog.
+        events: the ingested event log (purchases are taken from it).
+        as_of: the bundle's as-of instant.
+        config: the config the bundle is written with (stored as config.json,
+            whose serving sections serving reads).
+        log: progress sink.
+
+    Returns:
+        Manifest fields: `index` (params, recall against brute force, golden
+        query count), `golden` and `serving_tables`.
+
+    Raises:
+        ExportRefused: recall@10 on the golden queries below `retrieval.index.min_recall`.
+    """
+    purchases = events[events[n.EVENT_TYPE] == n.PURCHASE]
+    history = purchase_history(purchases)
+    users = golden_users(history)
+    min_recall = config.retrieval.index.min_recall
+    recall = write_golden(staging, store, users, as_of, searcher, emb, min_recall, log)
+    if recall < min_recall:
+        raise ExportRefused(f"index recall@{GOLDEN_K} {recall:.3f} < retrieval.index.min_recall {min_recall}; "
+                            "raise num_leaves_to_search or reorder")
+    serving_tables = write_serving_tables(staging, frame, items, purchases, history, as_of, config)
+    write_json(staging / "config.json", config.model_dump(mode="json"))
+    return {"index": {**params, "recall_at_10_vs_brute_force": recall, "golden_queries": len(users)},
+            "golden": {"queries": len(users), "k": GOLDEN_K, "min_recall": min_recall},
+            "serving_tables": serving_tables}
+
+
 def golden_users(history: pd.DataFrame) -> list[str]:
     """The most active buyers: their queries exercise the index where it matters most."""
     return (history.groupby(n.USER_ID)["purchases"].sum().sort_values(ascending=False, kind="stable")
@@ -379,6 +422,22 @@ def run_gate(config: CartwiseConfig, layout: Layout, events: pd.DataFrame, items
 # --- run -----------------------------------------------------------------------------
 
 
+def provenance(layout: Layout) -> dict:
+    """What the bundle's towers were trained on and which model its metrics.json measured.
+
+    `cartwise demo` evaluates towers trained to the split date, then trains
+    them again on all the data and exports those: the bundle's metrics.json
+    then describes the split's model, not the exported one, and says so here.
+    """
+    out = {"training_end": read_json(layout.model / "training_summary.json").get("cutoff")}
+    metrics = layout.evaluation / "metrics.json"
+    if metrics.is_file():
+        evaluated = read_json(metrics).get("split", {}).get("cutoff")
+        out["metrics_of"] = {"training_end": evaluated,
+                             "same_towers_as_bundle": evaluated == out["training_end"]}
+    return out
+
+
 def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     """Gate, build, verify and publish a bundle.
 
@@ -425,16 +484,7 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
             s["result"] = f"{params['type']}"
         b.crash_point("index_serialized")
 
-        purchases = events[events[n.EVENT_TYPE] == n.PURCHASE]
-        history = purchase_history(purchases)
-        users = golden_users(history)
-        min_recall = config.retrieval.index.min_recall
-        recall = write_golden(staging, store, users, as_of, searcher, emb, min_recall, log)
-        if recall < min_recall:
-            raise ExportRefused(f"index recall@10 {recall:.3f} < retrieval.index.min_recall {min_recall}; "
-                                "raise num_leaves_to_search or reorder")
-
-        serving_tables = write_serving_tables(staging, frame, items, purchases, history, as_of, config)
+        tables = write_tables(staging, store, frame, emb, searcher, params, items, events, as_of, config, log)
         for src, name in ((verdict_path, "validation.json"), (layout.evaluation / "metrics.json", "metrics.json"),
                           (layout.model / "training_summary.json", "training_summary.json"),
                           (gate_json, "drift.json"), (gate_html, "drift.html")):
@@ -443,7 +493,6 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
         (staging / b.REFERENCE_DIR).mkdir()
         for name, prof in profiles.items():
             (staging / b.REFERENCE_DIR / f"{name}.json").write_text(json.dumps(prof, sort_keys=True))
-        write_json(staging / "config.json", config.model_dump(mode="json"))
         b.crash_point("tables_written")
 
         manifest = publish(staging, bundles, stamp, {
@@ -452,10 +501,9 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
             "feature_services": {"query": n.RETRIEVAL_QUERY_SERVICE, "candidate": n.RETRIEVAL_CANDIDATE_SERVICE},
             "query_inputs": {"strings": QUERY_STRINGS, "floats": QUERY_FLOATS},
             "candidate_inputs": {"strings": CANDIDATE_STRINGS, "floats": CANDIDATE_FLOATS},
-            "index": {**params, "recall_at_10_vs_brute_force": recall, "golden_queries": len(users)},
-            "golden": {"queries": len(users), "k": GOLDEN_K, "min_recall": min_recall},
+            **tables,
             "validation": {"status": gate_verdict["status"], "reference_bundle": gate_verdict["reference_bundle"]},
-            "serving_tables": serving_tables,
+            **provenance(layout),
         }, log)
     except BaseException:
         # a refused or failed export leaves nothing behind (a SIGKILL leaves staging, removed next time)

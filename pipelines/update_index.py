@@ -4,7 +4,10 @@ Where it sits: ingest (new catalog rows / events) -> build_features (content
 and sales features in Feast) -> **update_index** -> a new bundle beside the
 CURRENT one, published exactly like an export (`pipelines/export.py`:
 staged, verified, golden queries replayed, renamed, CURRENT moved), which a
-server started with `--watch` hot-swaps to.
+server started with `--watch` hot-swaps to. Everything after the index (golden
+queries, the serving tables serving's sources read, config.json) is written by
+export's own `write_tables`, so an updated bundle serves exactly like an
+exported one.
 
 The CURRENT bundle's candidate tower (copied byte for byte) embeds only the
 items whose candidate-tower inputs (category, price, sales features) differ
@@ -15,7 +18,6 @@ its out-of-vocabulary row), so they are retrievable before anyone buys them.
 """
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -25,12 +27,9 @@ from cartwise import bundle as b
 from cartwise.config import CartwiseConfig
 from feature_repo import names as n
 from pipelines.build_features import open_store
-from pipelines.evaluate import popular_items, purchase_history
-from pipelines.export import (ExportRefused, cleanup_orphans, golden_users, new_staging, publish, write_golden,
-                              write_index)
+from pipelines.export import cleanup_orphans, new_staging, publish, write_index, write_tables
 from pipelines.feature_frames import item_features_as_of
 from pipelines.layout import Layout
-from pipelines.manifest import write_json
 from pipelines.progress import Log, default_log, step
 from pipelines.train_retrieval import CANDIDATE_FLOATS, CANDIDATE_STRINGS, tensors
 
@@ -122,19 +121,9 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
             s["result"] = f"{len(added)} new, {len(changed)} changed, {len(removed)} removed, {int(redo.sum())} embedded"
         b.crash_point("index_serialized")
 
-        purchases = events[events[n.EVENT_TYPE] == n.PURCHASE]
-        history = purchase_history(purchases)
-        users = golden_users(history)
-        min_recall = config.retrieval.index.min_recall
-        recall = write_golden(staging, store, users, as_of, searcher, emb, min_recall, log)
-        if recall < min_recall:
-            raise ExportRefused(f"index recall@10 {recall:.3f} < retrieval.index.min_recall {min_recall}")
-        table = frame[[n.ITEM_ID, n.CATEGORY, n.PRICE]].merge(
-            items[[n.ITEM_ID, n.TITLE]].astype({n.ITEM_ID: str}), on=n.ITEM_ID, how="left")
-        table.to_parquet(staging / b.ITEMS, index=False)
-        (staging / b.POPULAR).write_text(json.dumps(popular_items(purchases, as_of, config.evaluation.popularity_days)))
-        history.to_parquet(staging / b.HISTORY, index=False)
-        write_json(staging / "config.json", config.model_dump(mode="json"))
+        # golden queries, the serving tables (item table with stock and margin, co-purchase neighbours, content
+        # embeddings, popularity, history) and config.json, exactly as export writes them
+        tables = write_tables(staging, store, frame, emb, searcher, params, items, events, as_of, config, log)
         b.crash_point("tables_written")
         update = {"parent": parent.name, "new": len(added), "changed": len(changed), "removed": len(removed),
                   "embedded": int(redo.sum()), "reused": int(keep.sum()), "new_items": added[:50],
@@ -144,8 +133,7 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
             **{k: parent_manifest[k] for k in keep_keys if k in parent_manifest},
             "feature_store": str(layout.feature_store),
             "as_of": as_of.isoformat(),
-            "index": {**params, "recall_at_10_vs_brute_force": recall, "golden_queries": len(users)},
-            "golden": {"queries": len(users), "k": 10, "min_recall": min_recall},
+            **tables,
             "index_update": update,
         }, log)
     except BaseException:

@@ -17,7 +17,15 @@ both give 422. Every 4xx (and 5xx) body has one shape,
 
 `GET /metrics` exposes a per-app Prometheus registry (`app.state.registry`,
 never the process-global one: several apps may share a process): requests by
-endpoint and status, latency by endpoint, validation errors by field and type.
+endpoint and status, latency by endpoint, validation errors by field and type,
+and the rule-override metrics of the recommender in service
+(:class:`serving.pipeline.RecommenderMetrics`, registered once, so they
+follow hot swaps). Every count lives in the app or the tracker and is exposed
+by a custom collector (see `serving/__init__.py` for why).
+
+`GET /health/ready` is `degraded` when the online store is unreachable or the
+last reload failed (`alert`), and `warning` with the override tracker's
+`warning` and summary (`overrides`) while the rule-override alarm is on.
 
 `POST /admin/reload` (hot swap now, instead of waiting for the CURRENT
 watcher) exists only when a reload token is configured, answers only
@@ -47,7 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serving.hotswap import BundleSlot
-from serving.pipeline import Recommender
+from serving.pipeline import Recommender, RecommenderMetrics
 from serving.request import MAX_BODY_BYTES, BodyError, ErrorItem, ErrorResponse, RecommendRequest, SessionContext, \
     error, errors_from_pydantic, parse_json, validate_request
 
@@ -267,13 +275,15 @@ def create_app(recommender: Recommender | BundleSlot, max_k: int = 200, reload_t
 
     Returns:
         The app; `app.state.slot` is the slot, `app.state.registry` the
-        Prometheus registry `/metrics` exposes.
+        Prometheus registry `/metrics` exposes (the app's metrics and those of
+        the recommender in service).
     """
     app = FastAPI(title="cartwise", version="0.1.0",
                   description="Recommendations for online shops. Every error has the body "
                               "`{\"detail\": [{\"loc\", \"field\", \"type\", \"msg\"}]}`.")
     slot = recommender if isinstance(recommender, BundleSlot) else BundleSlot(recommender)
     metrics = _Metrics()
+    metrics.registry.register(RecommenderMetrics(lambda: slot.current))  # once: it follows the slot
     app.state.slot, app.state.registry, app.state.metrics = slot, metrics.registry, metrics
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
 
@@ -350,6 +360,13 @@ def create_app(recommender: Recommender | BundleSlot, max_k: int = 200, reload_t
                 "online_store": "ok" if store_ok else "unavailable"}
         if slot.alert:
             body["alert"] = slot.alert
+        tracker = getattr(rec, "tracker", None)
+        overrides = tracker.status() if tracker is not None else None
+        if overrides is not None and "warning" in overrides:  # the alarm is on: serving works, the model disagrees
+            body["warning"] = overrides["warning"]
+            body["overrides"] = overrides
+            if body["status"] == "ok":
+                body["status"] = "warning"
         return body
 
     @app.get("/metrics", response_class=Response,

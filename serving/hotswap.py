@@ -57,16 +57,22 @@ class BundleSlot:
     Args:
         recommender: the initial, loaded recommender.
         bundles_dir: the bundles directory CURRENT lives in (for reloads by pointer).
-        loader: builds a recommender from a bundle directory (default: verify,
-            load, replay golden queries; reuses the online-store connection).
+        loader: builds a recommender from a bundle directory (default:
+            :meth:`load`: verify, load, replay golden queries, keeping the
+            ranker and the online-store connection of the one in service).
         drain_timeout: longest wait for in-flight requests on the old bundle.
+
+    Each recommender keeps its own override metrics in a private registry; an
+    app exposes whichever is in service through one
+    :class:`serving.pipeline.RecommenderMetrics` (`serving/app.py`), so a swap
+    never registers metrics twice.
     """
 
     def __init__(self, recommender: Recommender, bundles_dir: Path | None = None,
                  loader: Callable[..., Recommender] | None = None, drain_timeout: float = 30.0):
         self._entry = _Entry(recommender)
         self.bundles_dir = Path(bundles_dir) if bundles_dir else None
-        self.loader = loader or (lambda root: Recommender.from_bundle_dir(root, features=self.current.features))
+        self.loader = loader or self.load
         self.drain_timeout = drain_timeout
         self._swap_lock = threading.Lock()
         self.alert: str | None = None
@@ -75,6 +81,16 @@ class BundleSlot:
     @property
     def current(self) -> Recommender:
         return self._entry.recommender
+
+    def load(self, root: Path) -> Recommender:
+        """The default loader: the bundle at `root` with the ranker and online-store reader of the one in service.
+
+        Raises:
+            BundleError: the bundle does not verify, load or replay its golden queries.
+            PipelineWiringError: its config cannot be served.
+        """
+        current = self.current
+        return Recommender.from_bundle_dir(root, features=current.features, ranker=current.ranker)
 
     @property
     def version(self) -> str:

@@ -7,6 +7,12 @@ more than `threshold` of recent requests means the training signal and the
 shop's intent disagree: the model, not the rules, should change. So the rate
 is exported to Prometheus and, above the threshold, logged as a warning once
 per crossing and reported by `/health/ready` via :meth:`OverrideTracker.status`.
+
+The tracker keeps its counts itself and is its registry's collector (no
+prometheus_client `Counter` or `Gauge`): once `import feast` has put
+prometheus_client in multiprocess mode, metric objects of one name share a
+value across every registry of the process (see `serving/__init__.py`), and
+each bundle's tracker must count only its own requests.
 """
 from __future__ import annotations
 
@@ -14,10 +20,11 @@ import logging
 import threading
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from cartwise.config import ServingConfig
 from serving.candidates import Candidates
@@ -53,14 +60,16 @@ class OverrideTracker:
     Args:
         threshold: override rate above which it warns (strictly above).
         window: the rate covers the last `window` requests.
-        registry: Prometheus registry for the metrics; a private one when None
-            (never the global one: several apps share a test process).
+        registry: Prometheus registry the tracker registers itself in as a
+            collector; a private one when None (never the global one:
+            several apps share a test process).
         min_requests: no alarm before the window holds this many requests.
         rules: rule names to export zero-valued series for from the start.
         namespace: metric name prefix.
 
     Raises:
-        ValueError: threshold outside [0, 1], window or min_requests < 1.
+        ValueError: threshold outside [0, 1], window or min_requests < 1, or
+            `registry` already holds metrics of these names (another tracker).
     """
 
     def __init__(self, threshold: float = 0.15, window: int = 1000, registry: CollectorRegistry | None = None,
@@ -80,22 +89,14 @@ class OverrideTracker:
         self._fired: Tally[str] = Tally()
         self._fired_override: Tally[str] = Tally()
         self._alarm = False
-        p = f"{namespace}_rules"
-        self.requests_total = Counter(f"{p}_requests", "Requests that went through the business rules",
-                                      registry=self.registry)
-        self.overrides_total = Counter(f"{p}_overrides", "Requests whose top item the rules changed",
-                                       registry=self.registry)
-        self.fired_total = Counter(f"{p}_fired", "Requests in which a rule changed the top K", ["rule"],
-                                   registry=self.registry)
-        self.rule_overrides_total = Counter(f"{p}_rule_overrides", "Top-item overrides in which a rule fired",
-                                            ["rule"], registry=self.registry)
-        self.rate_gauge = Gauge(f"{p}_override_rate", "Top-item override rate over the rolling window",
-                                registry=self.registry)
-        self.alarm_gauge = Gauge(f"{p}_override_alarm", "1 while the override rate is above the threshold",
-                                 registry=self.registry)
-        for r in rules:
-            self.fired_total.labels(r)
-            self.rule_overrides_total.labels(r)
+        # lifetime totals for Prometheus (the window above is for the rate and the alarm)
+        self._requests_total = 0
+        self._overrides_total = 0
+        rules = tuple(rules)
+        self._fired_total: dict[str, int] = dict.fromkeys(rules, 0)  # declared rules export zeros from the start
+        self._rule_overrides_total: dict[str, int] = dict.fromkeys(rules, 0)
+        self._prefix = f"{namespace}_rules"
+        self.registry.register(self)
 
     @classmethod
     def from_config(cls, serving: ServingConfig, registry: CollectorRegistry | None = None,
@@ -131,15 +132,11 @@ class OverrideTracker:
             rate = self._overrides / n
             alarm = n >= self.min_requests and rate > self.threshold
             crossed, self._alarm = alarm != self._alarm, alarm
-            self.requests_total.inc()
-            if top1:
-                self.overrides_total.inc()
+            self._requests_total += 1
+            self._overrides_total += top1
             for r in rec.fired:
-                self.fired_total.labels(r).inc()
-                if top1:
-                    self.rule_overrides_total.labels(r).inc()
-            self.rate_gauge.set(rate)
-            self.alarm_gauge.set(int(alarm))
+                self._fired_total[r] = self._fired_total.get(r, 0) + 1
+                self._rule_overrides_total[r] = self._rule_overrides_total.get(r, 0) + top1
             top_rules = self._top_rules() if crossed and alarm else ""
         if crossed and alarm:
             log.warning("business rules changed the top item in %.1f%% of the last %d requests (threshold %.1f%%)%s: "
@@ -194,3 +191,44 @@ class OverrideTracker:
                 body["warning"] = (f"rules changed the top item in {100 * rate:.1f}% of the last {n} requests "
                                    f"(threshold {100 * self.threshold:.1f}%): retrain the model on the shop's intent")
         return body
+
+    # --- Prometheus: the tracker is its registry's collector ---
+
+    def _families(self, with_samples: bool) -> Iterator[Metric]:
+        p = self._prefix
+        with self._lock:
+            requests, overrides = self._requests_total, self._overrides_total
+            fired, rule_overrides = dict(self._fired_total), dict(self._rule_overrides_total)
+            n = len(self._recent)
+            rate, alarm = (self._overrides / n if n else 0.0), self._alarm
+        families = [
+            (CounterMetricFamily(f"{p}_requests", "Requests that went through the business rules"), [([], requests)]),
+            (CounterMetricFamily(f"{p}_overrides", "Requests whose top item the rules changed"), [([], overrides)]),
+            (CounterMetricFamily(f"{p}_fired", "Requests in which a rule changed the top K", labels=["rule"]),
+             [([r], c) for r, c in sorted(fired.items())]),
+            (CounterMetricFamily(f"{p}_rule_overrides", "Top-item overrides in which a rule fired", labels=["rule"]),
+             [([r], c) for r, c in sorted(rule_overrides.items())]),
+            (GaugeMetricFamily(f"{p}_override_rate", "Top-item override rate over the rolling window"),
+             [([], rate)]),
+            (GaugeMetricFamily(f"{p}_override_alarm", "1 while the override rate is above the threshold"),
+             [([], float(alarm))]),
+        ]
+        for family, samples in families:
+            if with_samples:
+                for labels, value in samples:
+                    family.add_metric(labels, value)
+            yield family
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics, for the registry: counters since the tracker was made, rate and alarm over the window.
+
+        Yields:
+            `<namespace>_rules_requests_total`, `_overrides_total`,
+            `_fired_total{rule}`, `_rule_overrides_total{rule}`,
+            `_override_rate` and `_override_alarm`.
+        """
+        yield from self._families(with_samples=True)
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names without values, so a registry refuses a second tracker with the same names."""
+        yield from self._families(with_samples=False)

@@ -7,13 +7,19 @@ the demo and the A/B simulator call :meth:`Recommender.recommend`.
 
 Per request, each stage taking and returning one :class:`Candidates`:
 
-1. **features**: the user's online features (Feast) -> the query tower's
-   embedding, plus the session (cart, viewed items, category) and the
-   exclusions as catalog rows -> a :class:`serving.sources.Query`. Unknown
-   item ids and categories in the request are ignored and reported in
-   `warnings`. A known user with no fresh features, an unknown user or an
-   anonymous one gets no embedding (`flags` say why) and is served by the
-   session and fallback sources.
+1. **features**: the user's online features (Feast) and the session context
+   (category, device) -> the query tower's embedding, plus the session
+   (cart, viewed items, category) and the exclusions as catalog rows -> a
+   :class:`serving.sources.Query`. Unknown item ids and categories in the
+   request are ignored and reported in `warnings`. A known user with no
+   fresh features (or an unreachable store), an unknown user or an anonymous
+   one (`flags` say why) with a session (a known category, viewed or cart
+   items) is embedded from the session alone: user id "unknown", zero
+   statistics, the session's category and device, which the tower was
+   trained to read for shoppers it does not know (`models/towers.py`
+   `QueryTower`); so `two_tower` serves it beside the session sources.
+   Without a session, or with a tower that embeds every session category
+   alike, there is no embedding and the session and fallback sources serve.
 2. **retrieve**: :class:`serving.sources.Retriever`, the sources of
    `retrieval.sources` with their quotas, merged and deduplicated with
    attribution (how scores are made comparable: `serving/sources.py`).
@@ -41,16 +47,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
-# Before anything imports feast: `import feast` sets PROMETHEUS_MULTIPROC_DIR when it is unset, and a
-# prometheus_client first imported after that stores every metric value in files shared by metric name, so the
-# override tracker of each Recommender (and each app's registry) would count every other one's requests too.
-import prometheus_client  # noqa: F401,E402  (import order is the point)
 
 from cartwise.bundle import LoadedBundle, load_bundle
 from cartwise.config import CartwiseConfig, ConfigError, parse_config
@@ -63,6 +67,8 @@ from serving.request import SessionContext
 from serving.rules import PIN_SOURCE, PinRule, Rule, RuleChain, RuleContext
 from serving.sources import FOUND_BY, RETRIEVAL_SCORE, ROW, Catalog, Query, Retriever
 
+log = logging.getLogger("cartwise.serving")
+
 COLD_ANONYMOUS = "cold_start:anonymous"
 COLD_UNKNOWN = "cold_start:unknown_user"
 FALLBACK_STORE = "fallback:online_store_unavailable"
@@ -70,6 +76,12 @@ FALLBACK_STORE = "fallback:online_store_unavailable"
 SERVING_SECTIONS = ("retrieval", "rules", "diversity", "serving")
 #: unknown ids named in one warning (the count is always given)
 WARN_IDS = 5
+#: the query tower's value for "no such user / no session context" (its out-of-vocabulary row, as in training)
+UNKNOWN = "unknown"
+#: session-context inputs of the query tower (pipelines/train_retrieval.py QUERY_CONTEXT)
+SESSION_INPUTS = (n.SESSION_CATEGORY, n.SESSION_DEVICE)
+#: session embeddings kept per bundle, by (category, device)
+SESSION_CACHE = 4096
 _POS = "_pos"  # candidate column: position in the ranked list, to follow items through the rules
 
 
@@ -373,12 +385,14 @@ class Recommender:
             raise PipelineWiringError(f"{where}: {e}") from None
         q = bundle.manifest["query_inputs"]
         self.string_inputs, self.float_inputs = list(q["strings"]), list(q["floats"])
+        self.catalog = Catalog.from_bundle(bundle)
+        self.embeds_sessions = self._tower_reads_sessions()
+        self._session_embedding = lru_cache(maxsize=SESSION_CACHE)(self._embed_session)
         self.n_items = len(bundle.item_ids)
         # per bundle, so a hot-swapped bundle answers with its own catalog's titles and categories
         items = bundle.items.set_index("item_id")
         self.titles = items["title"].astype(object).where(items["title"].notna(), None).to_dict()
         self.categories = items["category"].astype(object).to_dict()
-        self.catalog = Catalog.from_bundle(bundle)
         self.ranker: Ranker = ranker if ranker is not None else RetrievalScoreRanker()
         self.item_columns = ItemColumns(bundle)
         try:
@@ -427,31 +441,125 @@ class Recommender:
 
     # --- stage 1: features ---
 
-    def _embedding(self, user_id: str | None, flags: list[str]) -> tuple[dict | None, np.ndarray | None]:
+    def _embed(self, user_id: str, feats: dict | None, context: dict[str, str]) -> np.ndarray:
+        """One query-tower call: (D,) float32.
+
+        Args:
+            user_id: the id input (:data:`UNKNOWN` for a shopper the tower does not know).
+            feats: online features (None: zero statistics).
+            context: session inputs by name (:data:`SESSION_INPUTS`).
+        """
+        feats = feats or {}
+        inputs = {}
+        for name in self.string_inputs:
+            value = user_id if name == n.USER_ID else context.get(name, feats.get(name, UNKNOWN))
+            inputs[name] = np.asarray([str(value)], dtype=object)
+        inputs.update({name: np.asarray([feats.get(name, 0.0)], dtype=np.float32) for name in self.float_inputs})
+        return self.bundle.embed_query(inputs)[0]
+
+    def _tower_reads_sessions(self) -> bool:
+        """Whether the query tower embeds a shopper it does not know differently by session category.
+
+        Not when it has no session inputs (bundles exported before them), or
+        when every catalog category gets the "unknown" embedding: a tower
+        whose training set never held a session context (a log whose
+        "sessions" are purchases days apart, beyond the session view's TTL)
+        has no category vocabulary, and its one anonymous embedding would
+        put the same two-tower list above every session source.
+        """
+        names = [UNKNOWN, *self.catalog.category_names]
+        if n.SESSION_CATEGORY not in self.string_inputs or len(names) < 2:
+            return False
+        m = len(names)
+        inputs = {name: np.asarray([UNKNOWN] * m, dtype=object) for name in self.string_inputs}
+        inputs[n.SESSION_CATEGORY] = np.asarray(names, dtype=object)
+        inputs.update({name: np.zeros(m, dtype=np.float32) for name in self.float_inputs})
+        emb = np.asarray(self.bundle.embed_query(inputs), dtype=np.float32)
+        reads = bool(np.abs(emb[1:] - emb[:1]).max() > 1e-6)
+        if not reads:
+            log.info("bundle %s: the query tower embeds every session category alike (no session context in its "
+                     "training data); shoppers known only by their session are served without two_tower",
+                     self.bundle.root.name)
+        return reads
+
+    def _embed_session(self, category: str, device: str) -> np.ndarray:
+        """The embedding of a shopper known only by the session (cached per bundle: see :data:`SESSION_CACHE`)."""
+        emb = self._embed(UNKNOWN, None, {n.SESSION_CATEGORY: category, n.SESSION_DEVICE: device})
+        emb.setflags(write=False)  # shared by every request of that session context
+        return emb
+
+    def _session_context(self, session: SessionContext | None, category: int, viewed: np.ndarray,
+                         cart: np.ndarray) -> tuple[dict[str, str], bool]:
+        """The query tower's session inputs, and whether the session says anything about the shopper.
+
+        The category is the request's (when the catalog knows it), else the
+        category of the latest viewed item, else of the latest cart item: in
+        training `session_category` is the category of the last item touched
+        in the session (feature_repo/feature_tables.py `session_context`).
+
+        Args:
+            session: the request's session (None: none).
+            category: the session category's code (-1: none or unknown).
+            viewed: (v,) rows of the known viewed items, oldest first.
+            cart: (c,) rows of the known cart items, request order.
+
+        Returns:
+            ({session_category, session_device}, usable): `usable` when there
+            is a known category, viewed or cart item to embed a shopper by.
+        """
+        if session is None:
+            return {n.SESSION_CATEGORY: UNKNOWN, n.SESSION_DEVICE: UNKNOWN}, False
+        cat = self.catalog
+        name = cat.category_names[category] if category >= 0 else None
+        if name is None:
+            latest = [r for r in (*viewed[::-1].tolist(), *cart[::-1].tolist()) if cat.categories[r] is not None]
+            name = cat.categories[latest[0]] if latest else None
+        usable = category >= 0 or len(viewed) > 0 or len(cart) > 0
+        return {n.SESSION_CATEGORY: name or UNKNOWN, n.SESSION_DEVICE: session.device or UNKNOWN}, usable
+
+    def _embedding(self, user_id: str | None, flags: list[str], context: dict[str, str], usable: bool
+                   ) -> tuple[dict | None, np.ndarray | None]:
+        """The user side of stage 1: (online features, query embedding).
+
+        A known user with fresh features is embedded from them and the
+        session context; anyone else (anonymous, unknown, stale, store down,
+        each flagged) from a usable session alone, else not at all.
+        """
+        def session_only() -> np.ndarray | None:  # None: no usable session, or a tower that cannot read one
+            if not (usable and self.embeds_sessions):
+                return None
+            return self._session_embedding(context[n.SESSION_CATEGORY], context[n.SESSION_DEVICE])
+
         if user_id is None:
             flags.append(COLD_ANONYMOUS)
-            return None, None
+            return None, session_only()
         if user_id not in self.catalog.users:
             flags.append(COLD_UNKNOWN)
-            return None, None
+            return None, session_only()
         try:
             feats = self.features.get(user_id)
         except OnlineStoreUnavailable:
             flags.append(FALLBACK_STORE)
-            return None, None
+            return None, session_only()
         if feats is None:
             flags.append(COLD_UNKNOWN)
-            return None, None
-        inputs = {name: np.asarray([user_id], dtype=object) for name in self.string_inputs}
-        inputs.update({name: np.asarray([feats.get(name, 0.0)], dtype=np.float32) for name in self.float_inputs})
-        return feats, self.bundle.embed_query(inputs)[0]
+            return None, session_only()
+        return feats, self._embed(user_id, feats, context)
 
     def query(self, user_id: str | None, exclude: Sequence[str] = (), exclude_purchased: bool = False,
               session: SessionContext | None = None) -> tuple[Query, list[str], list[str]]:
         """The features stage: a request as the sources see it.
 
+        Args:
+            user_id: the shopper, or None for an anonymous session.
+            exclude: item ids never to return.
+            exclude_purchased: also exclude the user's past purchases.
+            session: the current session: its category and device feed the
+                query tower, its items and category the session sources.
+
         Returns:
-            (query, flags, warnings).
+            (query, flags, warnings); `query.embedding` is (D,) float32 or
+            None (no features and no usable session).
         """
         cat = self.catalog
         flags: list[str] = []
@@ -480,7 +588,8 @@ class Recommender:
             now = session.time or now
         if exclude_purchased and user_id is not None and user_id in cat.users:
             excluded[cat.users[user_id].rows] = True
-        feats, emb = self._embedding(user_id, flags)
+        context, usable = self._session_context(session, category, viewed, cart)
+        feats, emb = self._embedding(user_id, flags, context, usable)
         q = Query(user_id, emb, feats, cart, viewed, category, excluded, int(excluded.sum()), now)
         return q, flags, warnings
 
@@ -549,17 +658,22 @@ class RecommenderMetrics:
     """A Prometheus collector for an app's registry: the metrics of whichever recommender is in service.
 
     Each :class:`Recommender` (one per bundle) has its own override tracker
-    and registry; registering this collector once, e.g.
+    and registry; `serving.app.create_app` registers this collector once,
     `app.state.registry.register(RecommenderMetrics(lambda: slot.current))`,
-    keeps them on `/metrics` across hot swaps. A swap starts the counters from
-    zero, which Prometheus reads as a counter reset.
+    which keeps them on `/metrics` across hot swaps without registering the
+    new bundle's metrics again. A swap starts the counters from zero, which
+    Prometheus reads as a counter reset.
 
     Args:
-        current: returns the recommender in service.
+        current: returns the recommender in service (one without a
+            `registry` contributes nothing).
     """
 
     def __init__(self, current: Callable[[], Recommender]):
         self.current = current
 
     def collect(self) -> Iterator[Any]:
-        yield from self.current().registry.collect()
+        """The metrics of the recommender in service now."""
+        registry = getattr(self.current(), "registry", None)
+        if registry is not None:
+            yield from registry.collect()

@@ -82,8 +82,15 @@ def test_validate_candidate_exit_codes(shop, tmp_path, capsys):
     assert "quantity" in capsys.readouterr().err
 
 
-def test_index_update_adds_new_items_without_retraining(shop):
-    cfg, _ = shop
+#: serving sources that read the tables export writes beside the index (bought_together.parquet, content embeddings)
+SESSION_SOURCES = {"retrieval": {"sources": ["two_tower", "bought_together", "content", "popularity"]}}
+
+
+def test_index_update_adds_new_items_without_retraining(trained_shop, tmp_path):
+    from serving.pipeline import Recommender
+    from serving.request import SessionContext
+
+    cfg, _ = copy_shop(trained_shop[0], tmp_path, **SESSION_SOURCES)
     bundles = cfg.work_dir / "bundles"
     parent = b.current_bundle(bundles)
     pm = b.verify(parent)
@@ -126,3 +133,15 @@ def test_index_update_adds_new_items_without_retraining(shop):
         exact = np.argsort(-(new_emb @ vec))[:5]
         assert set(got.tolist()) == set(exact.tolist())
     assert seconds < 120, seconds
+    # the serving tables are written exactly as export writes them (export.write_tables): the item table with
+    # stock and margin, co-purchase neighbours and content embeddings, so the update's config (config.json) can
+    # use the sources that read them; a bundle without them fails to build a Recommender (PipelineWiringError)
+    assert {b.BOUGHT_TOGETHER, b.CONTENT_EMBEDDINGS, "config.json"} <= set(m["files"])
+    assert m["serving_tables"]["pairs"] > 0 and m["golden"]["k"] == export.GOLDEN_K
+    assert {n.TITLE, n.IN_STOCK, n.MARGIN} <= set(pd.read_parquet(child / b.ITEMS).columns)
+    assert np.load(child / b.CONTENT_EMBEDDINGS).shape[0] == len(items) + 3
+    rec = Recommender.from_bundle_dir(child)
+    assert rec.version == m["version"]
+    assert rec.retriever.names == ("two_tower", "bought_together", "content", "popularity")
+    r = rec.recommend(None, 10, session=SessionContext(cart=["I000"], viewed=["I003"]))
+    assert {"bought_together", "content"} <= {i.source for i in r.items}

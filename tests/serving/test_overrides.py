@@ -154,3 +154,80 @@ def test_thread_safe_counts():
     assert tr.rate() == 0.2 and tr.rule_rates()["pin"] == {"fired": 0.2, "override": 0.2}
     assert reg.get_sample_value("cartwise_rules_requests_total") == 2000
     assert reg.get_sample_value("cartwise_rules_fired_total", {"rule": "pin"}) == 400
+
+
+def test_trackers_and_apps_keep_their_own_counts_after_import_feast():
+    """`import feast` puts prometheus_client in multiprocess mode (PROMETHEUS_MULTIPROC_DIR, feast/metrics.py), in
+    which metric objects of one name share one stored value across registries: a Counter made after another has
+    counted starts from that count (a hot-swapped bundle's tracker would start from the old one's). A fresh process
+    imports feast first and shows that hazard on two plain Counters; then trackers and apps, each made after the
+    previous one counted, count only their own requests: tracker a 1 then b 2, app one 3 then app two 5."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    code = textwrap.dedent("""
+        import os, types
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
+        import feast  # noqa: F401  (first, as when a script imports pipelines before serving)
+        import prometheus_client.values as v
+        from prometheus_client import CollectorRegistry, Counter
+        assert "MultiProcess" in v.ValueClass.__qualname__, v.ValueClass
+        r1, r2 = CollectorRegistry(), CollectorRegistry()
+        Counter("probe", "", registry=r1).inc()
+        Counter("probe", "", registry=r2)
+        assert r2.get_sample_value("probe_total") == 1.0  # plain metric objects share one value
+
+        from fastapi.testclient import TestClient
+        from serving.app import create_app
+        from serving.overrides import OverrideTracker
+        from serving.pipeline import Recommendation, Recommended
+
+        a = OverrideTracker(rules=["block"])
+        a.record(["x"], ["y"], ["block"])
+        b = OverrideTracker(rules=["block"])
+        for _ in range(2):
+            b.record(["x"], ["x"], [])
+        for t, (req, over, fired) in ((a, (1, 1, 1)), (b, (2, 0, 0))):
+            got = (t.registry.get_sample_value("cartwise_rules_requests_total"),
+                   t.registry.get_sample_value("cartwise_rules_overrides_total"),
+                   t.registry.get_sample_value("cartwise_rules_fired_total", {"rule": "block"}))
+            assert got == (req, over, fired), got
+
+        class Fake:
+            version, titles, categories = "v1", {}, {}
+            features = types.SimpleNamespace(ping=lambda: True)
+            def __init__(self):
+                self.tracker = OverrideTracker(rules=["block"])
+                self.registry = self.tracker.registry
+            def recommend(self, user_id, k, exclude=(), exclude_purchased=False, session=None):
+                self.tracker.record(["I1"], ["I2"], ["block"])
+                return Recommendation(user_id, [Recommended("I2", 1.0, "popularity")], "v1", [])
+
+        apps = []
+        for n in (3, 5):
+            apps.append(create_app(Fake()))
+            c = TestClient(apps[-1])
+            for _ in range(n):
+                assert c.post("/v1/recommend", json={"k": 1}).status_code == 200
+        for n, app in zip((3, 5), apps):
+            reg = app.state.registry
+            got = (reg.get_sample_value("cartwise_rules_requests_total"),
+                   reg.get_sample_value("cartwise_rules_rule_overrides_total", {"rule": "block"}),
+                   reg.get_sample_value("cartwise_http_requests_total", {"endpoint": "/v1/recommend", "status": "200"}))
+            assert got == (n, n, n), (n, got)
+            text = TestClient(app).get("/metrics").text
+            assert f"cartwise_rules_requests_total {float(n)}" in text, text
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parents[2])
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_a_registry_refuses_a_second_tracker():
+    reg = CollectorRegistry()
+    OverrideTracker(registry=reg)
+    with pytest.raises(ValueError, match="Duplicated"):
+        OverrideTracker(registry=reg)
