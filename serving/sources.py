@@ -91,8 +91,10 @@ class Query:
 
     Args:
         user_id: the shopper (None: anonymous).
-        embedding: (D,) float32 query-tower output, or None when the user
-            has no online features (anonymous, unknown, store unavailable).
+        embedding: (D,) float32 query-tower output: from the user's online
+            features, or, for a shopper without them (anonymous, unknown,
+            store unavailable) but with a session, from the session alone
+            (user "unknown"); None when there is neither.
         features: the user's online features (None: none read).
         cart: (c,) int64 catalog rows of the cart's known items, request order.
         viewed: (v,) int64 catalog rows of the known viewed items, oldest first.
