@@ -1,0 +1,491 @@
+"""Fault tests (issue 6, item 7): the online store dying mid-run, a damaged or mismatched index, non-finite features.
+
+Everything is real: a `redis-server` process on a loopback port that the test
+kills (SIGKILL) and starts again, the synthetic shop's features built into it
+and a bundle exported against it (`features.online_store: redis`), the HTTP
+app over a real socket, and ScaNN indexes damaged on disk or rebuilt for the
+wrong embeddings with the manifest re-hashed so that only the load-time
+checks (golden replay) stand between them and serving.
+
+Timing is never asserted as a number: a request only has to answer within
+the client's timeout (:data:`CLIENT_TIMEOUT`).
+
+Tests marked `xfail(strict=True)` describe behaviour the issue asks for that
+the code does not have yet; each raises its own exception type
+(:class:`NotAsDocumented`, :class:`NotImputed`), so a broken precondition
+fails them as usual instead of passing as an expected failure, and a fix
+makes them XPASS, which fails the run until the mark is removed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from cartwise import bundle as b
+from cartwise.bundle import BundleError, load_bundle
+from feature_repo import names as n
+from pipelines import build_features, export
+from pipelines.build_index import build_searcher
+from pipelines.layout import Layout
+from serving.app import create_app
+from serving.hotswap import BundleSlot
+from serving.pipeline import FALLBACK_STORE, Recommender
+from serving.server import BackgroundServer, free_port
+from tests.conftest import quiet
+from tests.shop_copy import copy_shop
+
+pytestmark = pytest.mark.integration
+REDIS = shutil.which("redis-server")
+#: the only timing asserted: every answer arrives within this (seconds)
+CLIENT_TIMEOUT = 30.0
+#: users with online features in the synthetic shop (the load generator cycles through them)
+USERS = [f"U{u:03d}" for u in range(12)]
+K = 5
+
+
+class NotAsDocumented(AssertionError):
+    """The bundle loaded (or was refused without a BundleError) although its index does not match it."""
+
+
+class NotImputed(AssertionError):
+    """A non-finite online feature was not imputed: the request failed or answered non-finite scores."""
+
+
+# --- a real redis-server that a test can kill and start again -----------------------------------------------
+
+
+class RedisServer:
+    """`redis-server` on a fixed loopback port and data directory, so a restart is the same server.
+
+    Started without automatic snapshots; :meth:`save` writes `dump.rdb` (as a
+    production Redis with persistence would have), which a restarted server
+    loads, so its data survives a kill.
+    """
+
+    def __init__(self, exe: str, port: int, data_dir: Path):
+        self.exe, self.port, self.dir = exe, port, data_dir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.dir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"redis-server did not start on port {self.port}")
+                time.sleep(0.05)
+
+    def ensure_running(self) -> None:
+        if not self.running:
+            self.start()
+
+    def save(self) -> None:
+        import redis
+
+        redis.Redis(host="127.0.0.1", port=self.port).save()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save, connections dropped mid-flight."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port (installed by .ci/run from Debian)."""
+    if REDIS is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (.ci/run installs it)")
+        pytest.skip("redis-server is not installed (the online-store fault tests need a real one)")
+    server = RedisServer(REDIS, free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def redis_shop(trained_shop, redis_server, tmp_path_factory):
+    """A copy of the trained shop with `features.online_store: redis`: features built into the real Redis, a
+    bundle exported against it, and its recommender."""
+    cfg, *_ = trained_shop
+    cfg2, _ = copy_shop(cfg, tmp_path_factory.mktemp("redis_shop"),
+                        features={"online_store": "redis", "redis_connection_string": redis_server.url})
+    # a fresh registry: the copy's says everything is materialized already, which would put nothing into Redis
+    (Layout(cfg2.work_dir).feature_store / "data" / "registry.db").unlink()
+    build_features.run(cfg2, log=quiet)
+    root = cfg2.work_dir / "bundles" / export.run(cfg2, log=quiet)["version"]
+    rec = Recommender.from_bundle_dir(root)
+    online = rec.features.store.config.online_store
+    assert online.type == "redis" and online.connection_string == redis_server.url
+    return cfg2, root, rec
+
+
+class Load(threading.Thread):
+    """Sequential requests for known users over one keep-alive connection; every answer recorded in order."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.stop = url, threading.Event()
+        self.answers: list[tuple[str, tuple[str, ...], list[str]]] = []  # (user, flags, item sources)
+        self.failures: list[str] = []
+        self.seconds: list[float] = []  # per answer, printed (never asserted)
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=CLIENT_TIMEOUT) as client:
+            i = 0
+            while not self.stop.is_set():
+                user = USERS[i % len(USERS)]
+                i += 1
+                t0 = time.perf_counter()
+                try:
+                    r = client.post("/v1/recommend", json={"user_id": user, "k": K})
+                except httpx.HTTPError as e:  # a timeout included: the only latency bound asserted
+                    self.failures.append(f"{user}: {type(e).__name__}: {e}")
+                    continue
+                if r.status_code != 200:
+                    self.failures.append(f"{user}: HTTP {r.status_code}: {r.text[:300]}")
+                    continue
+                body = r.json()
+                self.answers.append((user, tuple(body["flags"]), [x["source"] for x in body["items"]]))
+                self.seconds.append(time.perf_counter() - t0)
+                time.sleep(0.02)
+
+    def since(self, start: int) -> list:
+        return self.answers[start:]
+
+
+def wait_for(predicate, what: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+# --- 1. the online store dies mid-run -----------------------------------------------------------------------
+
+
+def test_redis_killed_mid_run_every_request_falls_back_then_recovers(redis_server, redis_shop):
+    _, _, rec = redis_shop
+    redis_server.ensure_running()
+    with BackgroundServer(create_app(rec, max_k=20)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=CLIENT_TIMEOUT) as client:
+        ready = client.get("/health/ready").json()
+        assert ready["status"] == "ok" and ready["online_store"] == "ok", ready
+        load = Load(srv.url)
+        load.start()
+        try:
+            wait_for(lambda: len(load.answers) >= 3, "3 answers with Redis up")
+            redis_server.save()
+            redis_server.kill()
+            killed_at = len(load.answers)
+
+            down = client.get("/health/ready")
+            assert down.status_code == 200, down.text
+            assert down.json()["status"] == "degraded" and down.json()["online_store"] == "unavailable", down.json()
+            assert client.get("/health/live").json() == {"status": "ok"}
+            one = client.post("/v1/recommend", json={"user_id": "U000", "k": K})
+            assert one.status_code == 200, one.text
+            body = one.json()
+            assert body["flags"] == [FALLBACK_STORE] and len(body["items"]) == K
+            assert "two_tower" not in {x["source"] for x in body["items"]}  # no features, no user embedding
+            wait_for(lambda: sum(FALLBACK_STORE in f for _, f, _ in load.since(killed_at)) >= 2,
+                     "2 fallback answers from the load while Redis is down")
+
+            redis_server.start()  # same port, same data directory: loads the snapshot
+            restarted_at = len(load.answers)
+            wait_for(lambda: sum(not f for _, f, _ in load.since(restarted_at)) >= 3,
+                     "3 personalised answers after Redis came back")
+            ready = client.get("/health/ready").json()
+            assert ready["status"] == "ok" and ready["online_store"] == "ok", ready
+            again = client.post("/v1/recommend", json={"user_id": "U000", "k": K}).json()
+            assert again["flags"] == [] and "two_tower" in {x["source"] for x in again["items"]}
+        finally:
+            load.stop.set()
+            load.join(timeout=CLIENT_TIMEOUT * 2)
+    slow = [s for (_, f, _), s in zip(load.answers, load.seconds) if f]
+    if slow:
+        print(f"\n{len(load.answers)} answers, {len(slow)} fallbacks taking {min(slow):.1f}-{max(slow):.1f}s each "
+              f"(client timeout {CLIENT_TIMEOUT:.0f}s)")
+    assert load.failures == []
+    # up, down, up again: personalised answers, then only flagged fallbacks, then personalised again
+    pattern = "".join("F" if flags else "U" for _, flags, _ in load.answers)
+    assert re.fullmatch(r"U+F+U+", pattern), pattern
+    for user, flags, sources in load.answers:
+        assert len(sources) == K, (user, flags, sources)
+        if flags:
+            assert flags == (FALLBACK_STORE,) and "two_tower" not in sources, (user, flags, sources)
+        else:
+            assert "two_tower" in sources, (user, sources)
+
+
+# --- 2. a damaged or mismatched index -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(trained_shop):
+    """The trained shop's exported bundle (read only here: damage is done to copies) and its recommender."""
+    cfg, _, _, results = trained_shop
+    root = cfg.work_dir / "bundles" / results["export"]["version"]
+    return cfg, root, Recommender.from_bundle_dir(root)
+
+
+def _copy(root: Path, dest: Path) -> Path:
+    shutil.copytree(root, dest)
+    return dest
+
+
+def _rehash(root: Path, drop: tuple[str, ...] = ()) -> None:
+    """Rewrite the manifest's sha256 list for the files as they are now (and drop manifest keys)."""
+    m = json.loads((root / b.MANIFEST).read_text())
+    m["files"] = b.file_hashes(root)
+    for key in drop:
+        m.pop(key, None)
+    (root / b.MANIFEST).write_text(json.dumps(m))
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for i in (0, len(data) // 2, len(data) - 1):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _with_index(cfg, root: Path, dest: Path, embeddings: np.ndarray) -> Path:
+    """A copy of `root` whose ScaNN index is built over `embeddings`, manifest re-hashed so verify() passes."""
+    bad = _copy(root, dest)
+    shutil.rmtree(bad / b.INDEX_DIR)
+    (bad / b.INDEX_DIR).mkdir()
+    searcher, _ = build_searcher(np.asarray(embeddings, dtype=np.float32), cfg.retrieval.index)
+    searcher.serialize(str(bad / b.INDEX_DIR), relative_path=True)
+    _rehash(bad)
+    b.verify(bad)
+    return bad
+
+
+def _embeddings(root: Path) -> np.ndarray:
+    return np.load(root / b.EMBEDDINGS, allow_pickle=False)
+
+
+def _index_files(root: Path) -> list[str]:
+    files = sorted(p.relative_to(root).as_posix() for p in (root / b.INDEX_DIR).rglob("*") if p.is_file())
+    assert files, f"no index files under {root / b.INDEX_DIR}"
+    return files
+
+
+def test_flipped_or_deleted_index_file_is_refused_naming_it(served, tmp_path):
+    _, root, _ = served
+    for i, rel in enumerate(_index_files(root)):  # e.g. scann/dataset.npy, scann/scann_config.pb, ...
+        flipped = _copy(root, tmp_path / f"flipped{i}")
+        _flip(flipped / rel)
+        deleted = _copy(root, tmp_path / f"deleted{i}")
+        (deleted / rel).unlink()
+        for load in (load_bundle, Recommender.from_bundle_dir):
+            with pytest.raises(BundleError, match=re.escape(f"{rel} does not match its sha256")):
+                load(flipped)
+            with pytest.raises(BundleError, match=re.escape(f"{rel} listed in the manifest is missing")):
+                load(deleted)
+
+
+def test_hot_swap_to_a_damaged_or_mismatched_index_keeps_serving_the_old_bundle(served, tmp_path):
+    cfg, root, rec = served
+    emb = _embeddings(root)
+    rel = f"{b.INDEX_DIR}/dataset.npy" if (root / b.INDEX_DIR / "dataset.npy").is_file() else _index_files(root)[0]
+    flipped = _copy(root, tmp_path / "v99990101T000000000001-flipped")
+    _flip(flipped / rel)
+    deleted = _copy(root, tmp_path / "v99990101T000000000002-deleted")
+    (deleted / rel).unlink()
+    wide = _with_index(cfg, root, tmp_path / "v99990101T000000000003-wide",
+                       np.random.default_rng(0).normal(size=(emb.shape[0], 2 * emb.shape[1])))
+    fewer = _with_index(cfg, root, tmp_path / "v99990101T000000000004-fewer", emb[: len(emb) // 2])
+    damaged = [(flipped, f"{rel} does not match its sha256"), (deleted, f"{rel} listed in the manifest is missing"),
+               (wide, None), (fewer, "recall")]
+    expected = {u: [i.item_id for i in rec.recommend(u, K).items] for u in USERS[:3]}
+
+    slot = BundleSlot(rec)
+    with BackgroundServer(create_app(slot, max_k=20)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=CLIENT_TIMEOUT) as client:
+        for bad, reason in damaged:
+            result = slot.reload(bad)
+            assert not result.ok and slot.current is rec, (bad.name, result)
+            ready = client.get("/health/ready").json()
+            assert ready["status"] == "degraded" and ready["bundle_version"] == rec.version, ready
+            assert bad.name in ready["alert"], ready
+            if reason is not None:
+                assert reason in ready["alert"], ready
+            for user, items in expected.items():
+                r = client.post("/v1/recommend", json={"user_id": user, "k": K})
+                assert r.status_code == 200, r.text
+                assert r.json()["bundle_version"] == rec.version and [x["item_id"] for x in r.json()["items"]] == items
+        # a sound bundle again: swapped in, alert cleared
+        good = slot.reload(root)
+        assert good.ok and slot.alert is None, good
+        ready = client.get("/health/ready").json()
+        assert ready["status"] == "ok" and "alert" not in ready, ready
+
+
+@pytest.mark.parametrize("case", ["half_the_items", "items_shifted"])
+def test_index_built_for_other_items_is_refused_by_the_golden_replay(served, tmp_path, case):
+    cfg, root, _ = served
+    emb = _embeddings(root)
+    other = emb[: len(emb) // 2] if case == "half_the_items" else np.roll(emb, len(emb) // 2, axis=0)
+    bad = _with_index(cfg, root, tmp_path / case, other)
+    for load in (load_bundle, Recommender.from_bundle_dir):
+        with pytest.raises(BundleError, match="recall"):
+            load(bad)
+
+
+def _refused_with_bundle_error(bad: Path) -> None:
+    """Return when loading `bad` raises a BundleError naming the index; raise NotAsDocumented otherwise."""
+    try:
+        rec = Recommender.from_bundle_dir(bad)
+    except BundleError as e:
+        assert any(w in str(e) for w in ("index", b.INDEX_DIR)), str(e)
+        return
+    except Exception as e:
+        raise NotAsDocumented(f"refused, but by {type(e).__name__}: {e} (not a BundleError naming the index)") from e
+    failing = []
+    for user in USERS:
+        try:
+            rec.recommend(user, K)
+        except Exception as e:  # noqa: BLE001 - what a request would hit
+            failing.append(f"{type(e).__name__}: {e}")
+    raise NotAsDocumented(f"{bad.name} loaded; {len(failing)}/{len(USERS)} requests then fail"
+                          + (f" ({failing[0]})" if failing else " (served silently)"))
+
+
+@pytest.mark.xfail(strict=True, raises=NotAsDocumented, reason=(
+    "a searcher for another embedding size is refused only because ScaNN raises RuntimeError "
+    "'Query doesn't match dataset dimsensionality' inside check_golden (cartwise/bundle.py:372); load_bundle "
+    "has no dimension check of its own, so the error is not the documented BundleError and names neither the "
+    "bundle nor scann/"))
+def test_index_for_another_embedding_size_is_refused_with_a_bundle_error(served, tmp_path):
+    cfg, root, _ = served
+    emb = _embeddings(root)
+    wide = _with_index(cfg, root, tmp_path / "wide",
+                       np.random.default_rng(0).normal(size=(emb.shape[0], 2 * emb.shape[1])))
+    _refused_with_bundle_error(wide)
+
+
+@pytest.mark.xfail(strict=True, raises=NotAsDocumented, reason=(
+    "load_bundle (cartwise/bundle.py:307) compares items.parquet with item_embeddings.npy and manifest "
+    "index.items, never with the searcher's own row count; the golden replay only measures recall@10, so extra "
+    "rows that never reach a golden top 10 pass, and serving then gets row ids past the catalog "
+    "(serving/sources.py:322 IndexError -> HTTP 500)"))
+def test_index_with_more_rows_than_the_item_table_is_refused(served, tmp_path):
+    cfg, root, _ = served
+    emb = _embeddings(root)
+    extra = np.vstack([emb, np.zeros((8, emb.shape[1]), dtype=np.float32)])  # 8 rows no item table row names
+    _refused_with_bundle_error(_with_index(cfg, root, tmp_path / "extra_rows", extra))
+
+
+@pytest.mark.xfail(strict=True, raises=NotAsDocumented, reason=(
+    "check_golden (cartwise/bundle.py:372-376) accepts an index whose top-k overlaps brute force by "
+    "min_recall (0.9); an index with two item rows swapped (built over a differently ordered item table) "
+    "keeps recall above that and serves each of the two items with the other's embedding; the replay does not "
+    "compare the index's returned scores with the stored item embeddings"))
+def test_index_with_two_item_rows_swapped_is_refused(served, tmp_path):
+    cfg, root, _ = served
+    emb = _embeddings(root).copy()
+    emb[[0, 1]] = emb[[1, 0]]
+    _refused_with_bundle_error(_with_index(cfg, root, tmp_path / "swapped", emb))
+
+
+@pytest.mark.xfail(strict=True, raises=NotAsDocumented, reason=(
+    "load_bundle replays golden queries only `if \"golden\" in manifest` (cartwise/bundle.py:322), and the "
+    "manifest is not itself hashed: a bundle without golden queries (as written before they existed) loads "
+    "with an index of another embedding size, and every two_tower request then raises in ScaNN "
+    "(serving/sources.py:365 RuntimeError -> HTTP 500)"))
+def test_index_for_another_embedding_size_without_golden_queries_is_refused(served, tmp_path):
+    cfg, root, _ = served
+    emb = _embeddings(root)
+    wide = _with_index(cfg, root, tmp_path / "wide_no_golden",
+                       np.random.default_rng(0).normal(size=(emb.shape[0], 2 * emb.shape[1])))
+    shutil.rmtree(wide / b.GOLDEN_DIR)
+    _rehash(wide, drop=("golden",))
+    b.verify(wide)
+    _refused_with_bundle_error(wide)
+
+
+# --- 3. non-finite online features --------------------------------------------------------------------------
+
+
+def _write_raw_value(store, user: str, feature: str, value: float) -> None:
+    """Write one feature value into the online store as a raw proto double, as a faulty upstream writer would.
+
+    `FeatureStore.write_to_online_store` turns a NaN of a DataFrame into a
+    missing value, so a NaN can only reach the store below it (the provider).
+    """
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+    view = store.get_feature_view(n.USER_STATS_VIEW)
+    key = EntityKeyProto(join_keys=[n.USER_ID], entity_values=[ValueProto(string_val=user)])
+    ts = dt.datetime(2012, 1, 1, tzinfo=dt.timezone.utc)  # newer than anything materialized
+    store._get_provider().online_write_batch(store.config, view, [(key, {feature: ValueProto(double_val=value)},
+                                                                   ts, ts)], None)
+
+
+def _ask_with_a_bad_feature(redis_server, rec, user: str, value: float) -> httpx.Response:
+    """Put `value` into `user`'s revenue in the real Redis, check serving reads it, ask over a real socket."""
+    redis_server.ensure_running()
+    _write_raw_value(rec.features.store, user, n.USER_REVENUE, value)
+    got = rec.features.get(user)
+    assert got is not None and not math.isfinite(got[n.USER_REVENUE]), got  # the fault is in place, unfiltered
+    with BackgroundServer(create_app(rec, max_k=20)) as srv:
+        return httpx.post(f"{srv.url}/v1/recommend", json={"user_id": user, "k": K}, timeout=CLIENT_TIMEOUT)
+
+
+def test_nan_user_feature_still_answers(redis_server, redis_shop):
+    """A NaN revenue answers 200 with finite, personalised scores, but by accident: serving does not impute it
+    (serving/features.py passes it on); the query tower's `log1p(maximum(x, 0))` (models/towers.py) turns NaN
+    into 0 on TensorFlow's CPU kernels. Nothing counts it."""
+    _, _, rec = redis_shop
+    r = _ask_with_a_bad_feature(redis_server, rec, "U042", math.nan)  # U042: not among the load's USERS
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["flags"] == [] and len(body["items"]) == K, body
+    assert all(math.isfinite(x["score"]) for x in body["items"]) and "two_tower" in {x["source"] for x in body["items"]}
+
+
+@pytest.mark.xfail(strict=True, raises=NotImputed, reason=(
+    "serving does not impute non-finite user features: OnlineUserFeatures.get (serving/features.py:127) passes "
+    "inf through as float, Recommender._embed (serving/pipeline.py:457) feeds it to the query tower, "
+    "log1p(inf) makes the embedding NaN and ScaNN raises 'Cannot query ScaNN with vectors that contain NaNs or "
+    "infinity' (serving/sources.py:365) -> HTTP 500; there is no training-default imputation and no counter"))
+def test_infinite_user_feature_is_imputed_and_the_request_answers(redis_server, redis_shop):
+    _, _, rec = redis_shop
+    r = _ask_with_a_bad_feature(redis_server, rec, "U043", math.inf)
+    if r.status_code != 200:
+        raise NotImputed(f"{n.USER_REVENUE}=inf: HTTP {r.status_code}: {r.text[:300]}")
+    body = r.json()
+    if len(body["items"]) != K or not all(math.isfinite(x["score"]) for x in body["items"]):
+        raise NotImputed(f"{n.USER_REVENUE}=inf: answered {body}")
