@@ -48,6 +48,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -411,6 +412,8 @@ class Recommender:
         self._fill = tuple(sorted(needed & set(self.item_columns.names)))
         self.tracker = OverrideTracker.from_config(self.config.serving, registry, chain.names)
         self.registry = self.tracker.registry
+        self.imputed = ImputedFeatures()
+        self.registry.register(self.imputed)
 
     @property
     def version(self) -> str:
@@ -517,8 +520,8 @@ class Recommender:
         usable = category >= 0 or len(viewed) > 0 or len(cart) > 0
         return {n.SESSION_CATEGORY: name or UNKNOWN, n.SESSION_DEVICE: session.device or UNKNOWN}, usable
 
-    def _embedding(self, user_id: str | None, flags: list[str], context: dict[str, str], usable: bool
-                   ) -> tuple[dict | None, np.ndarray | None]:
+    def _embedding(self, user_id: str | None, flags: list[str], context: dict[str, str], usable: bool,
+                   warnings: list[str]) -> tuple[dict | None, np.ndarray | None]:
         """The user side of stage 1: (online features, query embedding).
 
         A known user with fresh features is embedded from them and the
@@ -544,6 +547,10 @@ class Recommender:
         if feats is None:
             flags.append(COLD_UNKNOWN)
             return None, session_only()
+        feats, bad = impute_non_finite(feats, self.float_inputs)
+        if bad:
+            self.imputed.add(bad)
+            warnings.append(f"features: non-finite {', '.join(bad)} served as the training default (0)")
         return feats, self._embed(user_id, feats, context)
 
     def query(self, user_id: str | None, exclude: Sequence[str] = (), exclude_purchased: bool = False,
@@ -589,7 +596,7 @@ class Recommender:
         if exclude_purchased and user_id is not None and user_id in cat.users:
             excluded[cat.users[user_id].rows] = True
         context, usable = self._session_context(session, category, viewed, cart)
-        feats, emb = self._embedding(user_id, flags, context, usable)
+        feats, emb = self._embedding(user_id, flags, context, usable, warnings)
         q = Query(user_id, emb, feats, cart, viewed, category, excluded, int(excluded.sum()), now)
         return q, flags, warnings
 
@@ -652,6 +659,57 @@ class Recommender:
         items = [Recommended(i, float(s), src, rules, self.retriever.found_by(f) if src != PIN_SOURCE else [])
                  for (i, s, src, _), rules, f in zip(served, acted, found)]
         return Recommendation(user_id, items, self.bundle.version, flags, warnings, fired)
+
+
+def impute_non_finite(feats: dict, names: Sequence[str]) -> tuple[dict, list[str]]:
+    """Online features with NaN, infinite or non-numeric values of `names` replaced by 0.
+
+    0 is what training fills a missing user statistic with
+    (pipelines/build_dataset.py FILL_VALUES); an infinite value would make
+    the query embedding NaN, which ScaNN refuses.
+
+    Returns:
+        (features, names of the imputed features).
+    """
+    bad = []
+    for name in names:
+        if name not in feats:
+            continue
+        try:
+            ok = np.isfinite(float(feats[name]))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            bad.append(name)
+    if not bad:
+        return feats, bad
+    return {**feats, **{name: 0.0 for name in bad}}, bad
+
+
+class ImputedFeatures:
+    """Prometheus collector: online feature values served as the training default, by feature."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+
+    def add(self, names: Sequence[str]) -> None:
+        with self._lock:
+            for name in names:
+                self.counts[name] = self.counts.get(name, 0) + 1
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("cartwise_imputed_features", "Non-finite online feature values served as "
+                                     "the training default", labels=["feature"])
+        with self._lock:
+            for name, count in sorted(self.counts.items()):
+                family.add_metric([name], count)
+        yield family
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
 
 
 class RecommenderMetrics:
