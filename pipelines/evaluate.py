@@ -177,10 +177,11 @@ def extra_metrics(lists: Mapping[str, Mapping[str, list[str]]], relevant: Mappin
 def format_table(metrics: dict, ks: Sequence[int]) -> str:
     """The metrics as a fixed-width text table (rows: variant x method)."""
     cols = [f"{m}@{k}" for k in ks for m in ("ndcg", "hit_rate", "recall", "coverage")]
-    lines = [f"{'variant':<12} {'method':<11} {'users':>6} " + " ".join(f"{c:>12}" for c in cols)]
+    w = max([11, *(len(m) for v in ("all_items", "new_to_user") for m in metrics[v])])
+    lines = [f"{'variant':<12} {'method':<{w}} {'users':>6} " + " ".join(f"{c:>12}" for c in cols)]
     for variant in ("all_items", "new_to_user"):
         for method, m in metrics[variant].items():
-            lines.append(f"{variant:<12} {method:<11} {int(m['users']):>6} "
+            lines.append(f"{variant:<12} {method:<{w}} {int(m['users']):>6} "
                          + " ".join(f"{m[c]:>12.4f}" for c in cols))
     return "\n".join(lines)
 
