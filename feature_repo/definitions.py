@@ -174,7 +174,8 @@ def build(data_dir: Path) -> dict:
     )
     def request_features(inputs: pd.DataFrame) -> pd.DataFrame:
         """Request-time features: hour and weekday of the request, recency, item age, price vs the user's AOV."""
-        # Feast runs the UDF from its source text, without this module's globals: literals and local imports
+        # Feast rebuilds the UDF from its source text with only pd/np in scope, without this module's globals
+        # (feast-dev/feast#6815): literal column names and local imports (names.py is checked by a test)
         import pandas as pd
 
         ts = pd.to_datetime(inputs["request_ts"], unit="s", utc=True)
