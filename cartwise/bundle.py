@@ -6,8 +6,10 @@ one), `cartwise evaluate` and `cartwise rollback`. A bundle is a directory
 `<work_dir>/bundles/<version>/`; `<work_dir>/bundles/CURRENT` names the one in
 service and `HISTORY` lists every published version in publication order
 (rollback walks it backwards). Every file is listed in `manifest.json` with
-its sha256 and checked on load; a bundle also carries golden queries that a
-loader replays before serving it. Nothing is loaded with pickle or Keras
+its sha256 and checked on load; the loader then checks that the ScaNN index
+is the one over item_embeddings.npy (datapoints, width, every row's score)
+and replays the golden queries the bundle carries (required since bundle
+format 2, :func:`bundle_format`) before serving it. Nothing is loaded with pickle or Keras
 deserialization (SavedModel functions, ScaNN's own serialization, parquet,
 JSON, npy without pickle); a pickle or Keras file in a bundle is refused.
 
@@ -250,6 +252,9 @@ def load_tower(path: Path) -> Callable[[dict], np.ndarray]:
         return module.embed(feed).numpy()
 
     embed.inputs = sorted(spec) if spec is not None else None  # type: ignore[attr-defined]
+    #: one row of neutral inputs ("" and 0.0): a probe query of the tower's output size
+    embed.example_inputs = ({k: [""] if v.dtype == tf.string else [0.0]  # type: ignore[attr-defined]
+                             for k, v in spec.items()} if spec is not None else None)
     return embed
 
 
@@ -285,27 +290,78 @@ class LoadedBundle:
     bought_together: "object" = None
     #: float32 [items, d] content embeddings, rows in `item_ids` order; None in bundles written before it existed
     content_embeddings: np.ndarray | None = None
+    #: what :func:`load_bundle` checked: `{"format", "index", "golden"}` (golden None in a format-1 bundle)
+    checks: dict | None = None
 
     @property
     def version(self) -> str:
         return self.manifest["version"]
 
 
+#: Bundle formats. 1: written before golden queries existed (no `golden/`); loads without a replay.
+#: 2: golden queries in `golden/`, replayed at every load; a format-2 bundle without them is refused.
+#: Manifests carry no format number yet (export does not write one); :func:`bundle_format` infers it.
+FORMAT_GOLDEN = 2
+#: manifest keys and files that came with golden queries or later: a manifest with any of them is format 2
+_FORMAT2_KEYS = ("golden", "candidate_inputs", "validation", "serving_tables", "index_update")
+_FORMAT2_FILES = (f"{GOLDEN_DIR}/", f"{REFERENCE_DIR}/", ITEM_FEATURES, BOUGHT_TOGETHER, CONTENT_EMBEDDINGS)
+#: seeded random queries that every load searches over all of the index's rows (see :func:`index_problems`)
+PROBE_QUERIES = 2
+#: golden queries scored by brute force at a time (bounds the [queries, items] score matrix)
+SCORE_CHUNK = 32
+#: an exactly scoring index (brute force, or re-ordered in float) must return each score within this
+#: fraction of the query's largest |score| (+ the same absolute) of the dot product with item_embeddings.npy;
+#: float32 summation order differs by ~1e-6 relative, a wrong row by the scores' spread
+SCORE_RTOL = 1e-4
+
+
+def bundle_format(manifest: dict) -> int:
+    """The bundle format of a manifest: its `format` field when it has one, else inferred.
+
+    Golden queries came in the same change as the manifest's `golden`,
+    `candidate_inputs` and `validation` fields and the `reference/` and
+    `item_features.parquet` files, and every later addition
+    (`serving_tables`, `index_update`, co-purchase and content tables) came
+    after them; a manifest with none of these predates golden queries.
+    """
+    if "format" in manifest:
+        return int(manifest["format"])
+    files = manifest.get("files", {})
+    if any(k in manifest for k in _FORMAT2_KEYS) or any(f.startswith(_FORMAT2_FILES) for f in files):
+        return FORMAT_GOLDEN
+    return 1
+
+
 def load_bundle(root: Path) -> LoadedBundle:
-    """Verify and load a bundle, then replay its golden queries.
+    """Verify and load a bundle, check that its index matches its model, then replay its golden queries.
+
+    Every check runs on the loaded objects serving will use, and a failure
+    is a BundleError naming the bundle and the file:
+
+    - items.parquet, item_embeddings.npy and the manifest's `index.items`
+      agree on the number of items;
+    - the ScaNN index (`scann/`, :func:`index_problems`) holds exactly that
+      many datapoints, takes queries of item_embeddings.npy's width and
+      scores every row as item_embeddings.npy does;
+    - the query tower outputs embeddings of that width;
+    - golden queries replay (:func:`check_golden`): the tower reproduces
+      them, the index reaches the recorded recall and returns the dot
+      products with item_embeddings.npy as scores. They are required from
+      bundle format 2 on (:func:`bundle_format`); a format-1 bundle (written
+      before they existed) loads without a replay.
 
     Raises:
-        BundleError: verification failed, the index does not match the item
-            table, or the loaded towers and index do not reproduce the golden
-            answers recorded at export.
+        BundleError: verification failed or one of the checks above.
     """
     import pandas as pd
 
     manifest = verify(root)
     items = pd.read_parquet(root / ITEMS)
     emb = np.load(root / EMBEDDINGS, allow_pickle=False)
-    if len(items) != emb.shape[0] or manifest.get("index", {}).get("items") != len(items):
-        raise BundleError(f"{root}: index has {manifest.get('index', {}).get('items')} items, table {len(items)}")
+    n_index = manifest.get("index", {}).get("items")
+    if emb.ndim != 2 or len(items) != emb.shape[0] or n_index != len(items):
+        raise BundleError(f"{root}: index has {n_index} items (manifest), table {len(items)} ({ITEMS}), "
+                          f"{EMBEDDINGS} shape {emb.shape}")
     loaded = LoadedBundle(
         root=root,
         manifest=manifest,
@@ -319,9 +375,33 @@ def load_bundle(root: Path) -> LoadedBundle:
         bought_together=pd.read_parquet(root / BOUGHT_TOGETHER) if (root / BOUGHT_TOGETHER).is_file() else None,
         content_embeddings=_content_embeddings(root, len(items)),
     )
-    if "golden" in manifest:
-        check_golden(loaded, emb)
+    fmt = bundle_format(manifest)
+    problems, searchable, index_stats = index_problems(root, loaded.searcher, emb, loaded.item_ids)
+    golden = None
+    if (root / GOLDEN_DIR / GOLDEN_EXPECTED).is_file():
+        golden, more = _replay_golden(loaded, emb, search=searchable)
+        problems += more
+    else:  # the query tower's output size, from one query of neutral inputs
+        example = getattr(loaded.embed_query, "example_inputs", None)
+        width = loaded.embed_query(example).shape[-1] if example is not None else emb.shape[1]
+        if width != emb.shape[1]:
+            raise BundleError(_width_message(root, width, emb.shape[1]))
+    if problems:
+        raise BundleError(f"{root}: the index in {INDEX_DIR}/ does not match {EMBEDDINGS} and {ITEMS}: "
+                          + "; ".join(problems))
+    if golden is None and fmt >= FORMAT_GOLDEN:
+        raise BundleError(
+            f"{root}: no golden queries ({GOLDEN_DIR}/{GOLDEN_EXPECTED}); every bundle written since they exist "
+            f"(format {FORMAT_GOLDEN}, as this manifest is) carries them and is refused without them, so this one "
+            "was altered or written by other code. Re-export it: `cartwise export` (towers, index and golden "
+            "queries), or `cartwise index update` while it is CURRENT (same towers, new index and golden queries)")
+    loaded.checks = {"format": fmt, "index": index_stats, "golden": golden}
     return loaded
+
+
+def _width_message(root: Path, tower: int, items: int) -> str:
+    return (f"{root}: {QUERY_TOWER}/ outputs {tower}-d query embeddings, but {EMBEDDINGS} and the index in "
+            f"{INDEX_DIR}/ hold {items}-d item embeddings (towers of another model)")
 
 
 def _content_embeddings(root: Path, n_items: int) -> np.ndarray | None:
@@ -339,20 +419,118 @@ def _content_embeddings(root: Path, n_items: int) -> np.ndarray | None:
     return emb
 
 
-def check_golden(b: LoadedBundle, embeddings: np.ndarray) -> dict:
-    """Replay the golden queries stored in the bundle on the loaded towers and index.
+def _exact_scores(searcher) -> bool:
+    """Whether the searcher returns exact float dot products: brute force or exact re-ordering, in float.
 
-    The query tower must reproduce the stored query embeddings, and the
-    loaded index's top-k must reach the manifest's recall against brute force
-    over the stored item embeddings; this catches a tower or index that
-    verifies byte-wise but does not load into the same function (e.g. a
-    library upgrade).
+    After `reorder` ScaNN re-scores the candidates on the original vectors
+    (scann/dataset.npy), so the scores it returns are exact; asymmetric
+    hashing alone, or fixed-point (int8) scoring, returns approximations.
+    """
+    import re
+
+    try:
+        config = str(searcher.config())
+    except Exception:  # noqa: BLE001 - an unknown searcher: compare nothing rather than guess
+        return False
+    if re.search(r"fixed_point\s*\{\s*enabled:\s*true", config):
+        return False
+    return "brute_force" in config or "exact_reordering" in config
+
+
+def _index_width(root: Path, searcher) -> int | None:
+    """The vector width the index was built for (scann/dataset.npy's header, else the AH config), if known."""
+    import re
+
+    try:
+        return int(np.load(root / INDEX_DIR / "dataset.npy", mmap_mode="r", allow_pickle=False).shape[1])
+    except Exception:  # noqa: BLE001 - no float dataset (AH only): try the config
+        pass
+    try:
+        m = re.search(r"input_dim:\s*(\d+)", str(searcher.config()))
+    except Exception:  # noqa: BLE001
+        return None
+    return int(m.group(1)) if m else None
+
+
+def _rows(rows, item_ids: np.ndarray | None, n: int = 3) -> str:
+    rows = sorted(rows)
+    shown = [f"{r} ({item_ids[r]})" if item_ids is not None else str(r) for r in rows[:n]]
+    return ", ".join(shown) + (f", ... {len(rows) - n} more" if len(rows) > n else "")
+
+
+def index_problems(root: Path, searcher, embeddings: np.ndarray,
+                   item_ids: np.ndarray | None = None) -> tuple[list[str], bool, dict]:
+    """Exact checks that a loaded ScaNN searcher is the index over `embeddings`, row for row.
+
+    - Row count: `searcher.size()` (the datapoints it holds) equals the
+      embeddings' rows (items.parquet's, checked before).
+    - Dimension: :data:`PROBE_QUERIES` seeded random queries of the
+      embeddings' width go through the searcher; ScaNN raises on another
+      width.
+    - Rows: the probes search every row (`final_num_neighbors`,
+      `pre_reorder_num_neighbors` and `leaves_to_search` all the datapoint
+      count), no returned id may be past the item table, and, when the index
+      scores exactly (:func:`_exact_scores`), each returned score must be the
+      dot product with that row of `embeddings`: a row swapped, shifted or
+      from other embeddings shows. One pass over the rows per probe, like a
+      brute-force query (about 0.1 s at 1M x 64).
 
     Returns:
-        `{"queries", "max_abs_diff", "recall"}`.
+        (problems, searchable: the searcher takes queries of this width, stats).
+    """
+    n, d = embeddings.shape
+    problems = []
+    size = int(searcher.size())
+    stats = {"datapoints": size, "dimension": d, "probes": PROBE_QUERIES, "exact_scores": _exact_scores(searcher)}
+    if size != n:
+        problems.append(f"it holds {size:,} datapoints, {ITEMS} and {EMBEDDINGS} have {n:,} rows")
+    if size == 0:
+        return problems, False, stats
+    probes = np.random.default_rng(0).standard_normal((PROBE_QUERIES, d)).astype(np.float32)
+    try:
+        ids, scores = searcher.search_batched(probes, final_num_neighbors=size, pre_reorder_num_neighbors=size,
+                                              leaves_to_search=size)
+    except RuntimeError as e:
+        width = _index_width(root, searcher)
+        built = f"was built for {width}-d vectors" if width is not None else "does not take them"
+        problems.append(f"it {built}, {EMBEDDINGS} rows are {d}-d (a {d}-d query failed in ScaNN: {e})")
+        return problems, False, stats
+    ids, scores = np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+    past = ids >= n
+    if past.any():
+        problems.append(f"it returns row ids up to {int(ids.max())}, past the {n:,} rows of {ITEMS}")
+    if stats["exact_scores"]:
+        exact = probes @ embeddings.T
+        wrong: set[int] = set()
+        for p in range(PROBE_QUERIES):
+            got = ids[p][~past[p]]
+            tol = SCORE_RTOL * (1.0 + float(np.abs(exact[p]).max()))
+            off = np.abs(exact[p][got] - scores[p][~past[p]]) > tol
+            wrong.update(got[off].tolist())
+        if wrong:
+            problems.append(f"it scores {len(wrong):,} of its rows unlike {EMBEDDINGS} (rows {_rows(wrong, item_ids)}"
+                            "): built over other or reordered embeddings")
+    return problems, True, stats
 
-    Raises:
-        BundleError: a mismatch.
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Row ids of the k highest scores, ties to the lower id (as `np.argsort(-scores, kind="stable")[:k]`)."""
+    n = len(scores)
+    if k >= n:
+        return np.arange(n)
+    kth = np.partition(scores, n - k)[n - k]
+    above = np.flatnonzero(scores > kth)
+    return np.concatenate([above, np.flatnonzero(scores == kth)[: k - len(above)]])
+
+
+def _replay_golden(b: LoadedBundle, embeddings: np.ndarray, search: bool = True) -> tuple[dict, list[str]]:
+    """The golden replay of :func:`check_golden`; tower failures raise, index mismatches are returned.
+
+    Args:
+        search: run the index part (False when the searcher does not take queries of this width).
+
+    Returns:
+        (stats, problems of the index).
     """
     import pandas as pd
 
@@ -360,18 +538,72 @@ def check_golden(b: LoadedBundle, embeddings: np.ndarray) -> dict:
     spec = json.loads((g / GOLDEN_EXPECTED).read_text())
     inputs = pd.read_parquet(g / GOLDEN_INPUTS)
     stored = np.load(g / GOLDEN_QUERIES, allow_pickle=False)
+    if stored.ndim != 2 or stored.shape[0] != len(inputs):
+        raise BundleError(f"{b.root}: {GOLDEN_DIR}/{GOLDEN_QUERIES} has shape {stored.shape} for "
+                          f"{len(inputs)} golden inputs")
+    stats = {"queries": int(len(inputs)), "max_abs_diff": 0.0, "recall": 1.0, "score_max_abs_diff": 0.0}
     if len(inputs) == 0:
-        return {"queries": 0, "max_abs_diff": 0.0, "recall": 1.0}
+        return stats, []
     feed = {c: inputs[c].to_numpy(dtype=object) for c in spec["strings"]}
     feed.update({c: inputs[c].to_numpy(dtype=np.float32) for c in spec["floats"]})
     q = b.embed_query(feed)
+    n, d = embeddings.shape
+    if q.shape[1] != d:
+        raise BundleError(_width_message(b.root, q.shape[1], d))
+    if q.shape != stored.shape:
+        raise BundleError(f"{b.root}: query tower does not reproduce the golden embeddings: it outputs shape "
+                          f"{q.shape}, {GOLDEN_DIR}/{GOLDEN_QUERIES} holds {stored.shape}")
     diff = float(np.max(np.abs(q - stored)))
+    stats["max_abs_diff"] = diff
     if not np.allclose(q, stored, rtol=1e-4, atol=1e-4):
         raise BundleError(f"{b.root}: query tower does not reproduce the golden embeddings (max |diff| {diff:.3g})")
-    k = min(int(spec["k"]), embeddings.shape[0])
-    got, _ = b.searcher.search_batched(np.ascontiguousarray(stored, dtype=np.float32), final_num_neighbors=k)
-    exact = np.argsort(-(stored @ embeddings.T), axis=1, kind="stable")[:, :k]
-    recall = float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(got, exact)]))
+    if not search:
+        return stats, []
+    k = min(int(spec["k"]), n)
+    stored = np.ascontiguousarray(stored, dtype=np.float32)
+    got, dist = b.searcher.search_batched(stored, final_num_neighbors=k)
+    got, dist = np.asarray(got, dtype=np.int64), np.asarray(dist, dtype=np.float32)
+    exact_scores = _exact_scores(b.searcher)
+    overlap, wrong, worst = 0, set(), 0.0
+    for start in range(0, len(stored), SCORE_CHUNK):
+        for i, row in enumerate(stored[start:start + SCORE_CHUNK] @ embeddings.T, start=start):
+            ids, ok = got[i], got[i] < n
+            overlap += len(set(ids.tolist()) & set(_top_k(row, k).tolist()))
+            if exact_scores and ok.any():
+                err = np.abs(row[ids[ok]] - dist[i][ok])
+                worst = max(worst, float(err.max()))
+                wrong.update(ids[ok][err > SCORE_RTOL * (1.0 + float(np.abs(row).max()))].tolist())
+    recall = overlap / (k * len(stored))
+    stats.update(recall=recall, score_max_abs_diff=worst)
+    problems = []
     if recall < float(spec["min_recall"]):
-        raise BundleError(f"{b.root}: index recall@{k} on golden queries {recall:.3f} < {spec['min_recall']}")
-    return {"queries": int(len(inputs)), "max_abs_diff": diff, "recall": recall}
+        problems.append(f"its recall@{k} on {len(stored)} golden queries is {recall:.3f} < {spec['min_recall']} "
+                        f"against brute force over {EMBEDDINGS}")
+    if wrong:
+        problems.append(f"on golden queries it scores {len(wrong):,} rows unlike {EMBEDDINGS} "
+                        f"(rows {_rows(wrong, b.item_ids)}; max |diff| {worst:.3g})")
+    return stats, problems
+
+
+def check_golden(b: LoadedBundle, embeddings: np.ndarray) -> dict:
+    """Replay the golden queries stored in the bundle on the loaded towers and index.
+
+    The query tower must reproduce the stored query embeddings (and output
+    `embeddings`' width); the loaded index's top-k must reach the manifest's
+    recall against brute force over the stored item embeddings, and, when
+    the index scores exactly (brute force or re-ordering), the scores it
+    returns must be the dot products of the golden queries with those rows
+    of `embeddings`. This catches a tower or index that verifies byte-wise
+    but does not load into the same function (e.g. a library upgrade), and
+    an index over other or reordered item rows.
+
+    Returns:
+        `{"queries", "max_abs_diff", "recall", "score_max_abs_diff"}`.
+
+    Raises:
+        BundleError: a mismatch.
+    """
+    stats, problems = _replay_golden(b, embeddings)
+    if problems:
+        raise BundleError(f"{b.root}: the index in {INDEX_DIR}/ does not match {EMBEDDINGS}: " + "; ".join(problems))
+    return stats

@@ -7,6 +7,7 @@ profiles of the data it was built from.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ from cartwise import bundle as b
 from cartwise.cli import main
 from feature_repo import names as n
 from pipelines import build_features, export, update_index
+from pipelines.build_index import build_searcher
 from tests.conftest import quiet
 from tests.shop_copy import copy_shop
 
@@ -145,3 +147,45 @@ def test_index_update_adds_new_items_without_retraining(trained_shop, tmp_path):
     assert rec.retriever.names == ("two_tower", "bought_together", "content", "popularity")
     r = rec.recommend(None, 10, session=SessionContext(cart=["I000"], viewed=["I003"]))
     assert {"bought_together", "content"} <= {i.source for i in r.items}
+
+
+def _rehash(root, drop=()):
+    m = json.loads((root / b.MANIFEST).read_text())
+    m["files"] = b.file_hashes(root)
+    for key in drop:
+        m.pop(key, None)
+    (root / b.MANIFEST).write_text(json.dumps(m))
+
+
+def test_golden_queries_are_required_unless_the_bundle_predates_them(trained_shop, tmp_path):
+    cfg, *_ = trained_shop
+    root = b.current_bundle(cfg.work_dir / "bundles")
+    loaded = b.load_bundle(root)  # today's export: format 2, every check ran and passed
+    assert loaded.checks["format"] == b.FORMAT_GOLDEN and loaded.checks["golden"]["queries"] > 0
+    assert loaded.checks["index"]["datapoints"] == len(loaded.item_ids) and loaded.checks["index"]["exact_scores"]
+    # golden queries removed from a bundle of today's format (manifest re-hashed): refused, saying how to re-export
+    bare = shutil.copytree(root, tmp_path / "no_golden")
+    shutil.rmtree(bare / b.GOLDEN_DIR)
+    _rehash(bare, drop=("golden",))
+    b.verify(bare)
+    with pytest.raises(b.BundleError, match=r"no golden queries .*`cartwise export`") as e:
+        b.load_bundle(bare)
+    assert str(bare) in str(e.value)
+    # the same bundle as written before golden queries existed (format 1: none of the manifest keys and files
+    # that came with or after them) still loads, with the index checks but without a replay
+    for rel in (b.REFERENCE_DIR, b.ITEM_FEATURES, b.BOUGHT_TOGETHER, b.CONTENT_EMBEDDINGS, "drift.json", "drift.html"):
+        path = bare / rel
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    _rehash(bare, drop=("candidate_inputs", "validation", "serving_tables", "index_update"))
+    old = b.load_bundle(bare)
+    assert old.checks["format"] == 1 and old.checks["golden"] is None
+    assert old.checks["index"]["datapoints"] == len(old.item_ids)
+    # ... but not with an index over reordered rows, which the probe queries through every row catch
+    emb = np.load(bare / b.EMBEDDINGS)
+    searcher, _ = build_searcher(emb[::-1].copy(), cfg.retrieval.index)
+    shutil.rmtree(bare / b.INDEX_DIR)
+    (bare / b.INDEX_DIR).mkdir()
+    searcher.serialize(str(bare / b.INDEX_DIR), relative_path=True)
+    _rehash(bare)
+    with pytest.raises(b.BundleError, match=r"scann/ does not match item_embeddings\.npy.*scores .* rows unlike"):
+        b.load_bundle(bare)

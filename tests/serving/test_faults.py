@@ -5,16 +5,18 @@ kills (SIGKILL) and starts again, the synthetic shop's features built into it
 and a bundle exported against it (`features.online_store: redis`), the HTTP
 app over a real socket, and ScaNN indexes damaged on disk or rebuilt for the
 wrong embeddings with the manifest re-hashed so that only the load-time
-checks (golden replay) stand between them and serving.
+checks (index against model, golden replay) stand between them and serving.
 
 Timing is never asserted as a number: a request only has to answer within
 the client's timeout (:data:`CLIENT_TIMEOUT`).
 
-Tests marked `xfail(strict=True)` describe behaviour the issue asks for that
-the code does not have yet; each raises its own exception type
+A behaviour the issue asks for that the code does not have yet is marked
+`xfail(strict=True, raises=...)` with its own exception type
 (:class:`NotAsDocumented`, :class:`NotImputed`), so a broken precondition
-fails them as usual instead of passing as an expected failure, and a fix
-makes them XPASS, which fails the run until the mark is removed.
+fails as usual instead of passing as an expected failure, and a fix makes it
+XPASS, which fails the run until the mark is removed. None is marked now: the
+index checks (dimension, row count, scores, golden queries required) are in
+`cartwise.bundle.load_bundle`.
 """
 from __future__ import annotations
 
@@ -382,11 +384,6 @@ def _refused_with_bundle_error(bad: Path) -> None:
                           + (f" ({failing[0]})" if failing else " (served silently)"))
 
 
-@pytest.mark.xfail(strict=True, raises=NotAsDocumented, reason=(
-    "a searcher for another embedding size is refused only because ScaNN raises RuntimeError "
-    "'Query doesn't match dataset dimsensionality' inside check_golden (cartwise/bundle.py:372); load_bundle "
-    "has no dimension check of its own, so the error is not the documented BundleError and names neither the "
-    "bundle nor scann/"))
 def test_index_for_another_embedding_size_is_refused_with_a_bundle_error(served, tmp_path):
     cfg, root, _ = served
     emb = _embeddings(root)
@@ -395,11 +392,6 @@ def test_index_for_another_embedding_size_is_refused_with_a_bundle_error(served,
     _refused_with_bundle_error(wide)
 
 
-@pytest.mark.xfail(strict=True, raises=NotAsDocumented, reason=(
-    "load_bundle (cartwise/bundle.py:307) compares items.parquet with item_embeddings.npy and manifest "
-    "index.items, never with the searcher's own row count; the golden replay only measures recall@10, so extra "
-    "rows that never reach a golden top 10 pass, and serving then gets row ids past the catalog "
-    "(serving/sources.py:322 IndexError -> HTTP 500)"))
 def test_index_with_more_rows_than_the_item_table_is_refused(served, tmp_path):
     cfg, root, _ = served
     emb = _embeddings(root)
@@ -407,11 +399,6 @@ def test_index_with_more_rows_than_the_item_table_is_refused(served, tmp_path):
     _refused_with_bundle_error(_with_index(cfg, root, tmp_path / "extra_rows", extra))
 
 
-@pytest.mark.xfail(strict=True, raises=NotAsDocumented, reason=(
-    "check_golden (cartwise/bundle.py:372-376) accepts an index whose top-k overlaps brute force by "
-    "min_recall (0.9); an index with two item rows swapped (built over a differently ordered item table) "
-    "keeps recall above that and serves each of the two items with the other's embedding; the replay does not "
-    "compare the index's returned scores with the stored item embeddings"))
 def test_index_with_two_item_rows_swapped_is_refused(served, tmp_path):
     cfg, root, _ = served
     emb = _embeddings(root).copy()
@@ -419,11 +406,6 @@ def test_index_with_two_item_rows_swapped_is_refused(served, tmp_path):
     _refused_with_bundle_error(_with_index(cfg, root, tmp_path / "swapped", emb))
 
 
-@pytest.mark.xfail(strict=True, raises=NotAsDocumented, reason=(
-    "load_bundle replays golden queries only `if \"golden\" in manifest` (cartwise/bundle.py:322), and the "
-    "manifest is not itself hashed: a bundle without golden queries (as written before they existed) loads "
-    "with an index of another embedding size, and every two_tower request then raises in ScaNN "
-    "(serving/sources.py:365 RuntimeError -> HTTP 500)"))
 def test_index_for_another_embedding_size_without_golden_queries_is_refused(served, tmp_path):
     cfg, root, _ = served
     emb = _embeddings(root)
