@@ -504,6 +504,7 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
             **tables,
             "validation": {"status": gate_verdict["status"], "reference_bundle": gate_verdict["reference_bundle"]},
             **provenance(layout),
+            "format": b.FORMAT_GOLDEN,  # cartwise.bundle.bundle_format: golden queries required from this format
         }, log)
     except BaseException:
         # a refused or failed export leaves nothing behind (a SIGKILL leaves staging, removed next time)

@@ -176,7 +176,7 @@ def test_golden_queries_are_required_unless_the_bundle_predates_them(trained_sho
     for rel in (b.REFERENCE_DIR, b.ITEM_FEATURES, b.BOUGHT_TOGETHER, b.CONTENT_EMBEDDINGS, "drift.json", "drift.html"):
         path = bare / rel
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    _rehash(bare, drop=("candidate_inputs", "validation", "serving_tables", "index_update"))
+    _rehash(bare, drop=("candidate_inputs", "validation", "serving_tables", "index_update", "format"))
     old = b.load_bundle(bare)
     assert old.checks["format"] == 1 and old.checks["golden"] is None
     assert old.checks["index"]["datapoints"] == len(old.item_ids)
