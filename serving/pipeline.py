@@ -66,7 +66,7 @@ from serving.features import OnlineStoreUnavailable, OnlineUserFeatures
 from serving.overrides import OverrideTracker
 from serving.request import SessionContext
 from serving.rules import PIN_SOURCE, PinRule, Rule, RuleChain, RuleContext
-from serving.sources import FOUND_BY, RETRIEVAL_SCORE, ROW, Catalog, Query, Retriever
+from serving.sources import FOUND_BY, RETRIEVAL_SCORE, ROW, Catalog, Query, Retriever, RowSet
 
 log = logging.getLogger("cartwise.serving")
 
@@ -571,11 +571,10 @@ class Recommender:
         cat = self.catalog
         flags: list[str] = []
         warnings: list[str] = []
-        excluded = np.zeros(len(cat), dtype=bool)
         rows, unknown = cat.rows(list(exclude))
         if unknown:
             warnings.append(_unknown_warning("exclude", unknown))
-        excluded[rows] = True
+        excluded = [rows]  # catalog rows, as a RowSet below: no (N,) mask per request
         cart = viewed = np.zeros(0, dtype=np.int64)
         category = -1
         now = dt.datetime.now(dt.timezone.utc)
@@ -591,13 +590,14 @@ class Recommender:
                 category = cat.category_code_of.get(session.category, -1)
                 if category < 0:
                     warnings.append(f"session.category: ignored unknown category {session.category!r}")
-            excluded[cart] = True  # already in the cart
+            excluded.append(cart)  # already in the cart
             now = session.time or now
         if exclude_purchased and user_id is not None and user_id in cat.users:
-            excluded[cat.users[user_id].rows] = True
+            excluded.append(cat.users[user_id].rows)
         context, usable = self._session_context(session, category, viewed, cart)
         feats, emb = self._embedding(user_id, flags, context, usable, warnings)
-        q = Query(user_id, emb, feats, cart, viewed, category, excluded, int(excluded.sum()), now)
+        never = RowSet(np.concatenate(excluded), len(cat))
+        q = Query(user_id, emb, feats, cart, viewed, category, never, never.count, now)
         return q, flags, warnings
 
     # --- stage 2b: pins that no source found ---

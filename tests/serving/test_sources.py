@@ -10,6 +10,7 @@ and attributed to the source, and that asking twice gives the same answer.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -23,12 +24,13 @@ from cartwise.config import (
     BoughtTogetherSourceConfig, ContentSourceConfig, PopularInCategorySourceConfig, PopularitySourceConfig,
     RepeatSourceConfig, TwoTowerSourceConfig, parse_config,
 )
+from serving import sources
 from serving.candidates import Candidates
 from serving.pipeline import Recommender
 from serving.request import SessionContext
 from serving.sources import (
     FOUND_BY, RETRIEVAL_SCORE, ROW, BoughtTogetherSource, Catalog, ContentSource, PopularInCategorySource,
-    PopularitySource, Query, RepeatSource, Retriever, ScannSource, Source, SourceWiringError, scale,
+    PopularitySource, Query, RepeatSource, Retriever, RowSet, ScannSource, Source, SourceWiringError, scale,
 )
 
 UTC = dt.timezone.utc
@@ -115,6 +117,134 @@ def test_content_blends_text_cosine_and_category(tiny):
     # without text: category only
     plain = ContentSource(ContentSourceConfig(type="content", text_weight=0.0)).bind(tiny)
     assert listed(plain.retrieve(q(tiny, viewed=["a"]), 10)) == [("b", 1.0), ("c", 1.0)]
+
+
+def test_row_set_answers_like_a_mask():
+    mask = np.zeros(10, dtype=bool)
+    mask[[7, 2]] = True
+    rs = RowSet([7, 2, 7], 10)
+    assert rs.rows.tolist() == [2, 7] and rs.count == rs.sum() == 2 and rs.any()
+    assert rs[np.arange(10)].tolist() == mask.tolist() and rs[2] is True and rs[np.int64(3)] is False
+    assert 7 in rs and 3 not in rs and np.asarray(rs).tolist() == mask.tolist()
+    assert RowSet.from_mask(mask).rows.tolist() == [2, 7] and not RowSet((), 10).any()
+    assert RowSet((), 10)[np.array([1, 2])].tolist() == [False, False]
+    with pytest.raises(TypeError):
+        rs[np.array([0.5])]
+    # a Query given an (N,) mask keeps a RowSet; excluding() adds rows without a catalog-size copy
+    query = Query(None, None, None, np.zeros(0, np.int64), np.zeros(0, np.int64), -1, mask, 2, AS_OF)
+    assert isinstance(query.excluded, RowSet) and query.excluded.rows.tolist() == [2, 7]
+    more = query.excluding(np.array([5, 2]))
+    assert more.excluded.rows.tolist() == [2, 5, 7] and more.n_excluded == 3 and query.n_excluded == 2
+    assert query.excluding(np.zeros(0, np.int64)) is query
+
+
+# --- content: the index against a full scan by the definition ----------------------------------------------
+
+
+def _content_reference(catalog: Catalog, tw: float, seed_items: int, query: Query, n: int, centroids):
+    """The content source by its docstring, scoring every row: (rows, scores), best first, ties by row."""
+    codes = catalog.category_codes
+    seeds = query.viewed[-seed_items:] if len(query.viewed) else query.cart[-seed_items:]
+    share = np.zeros(len(catalog.category_names))
+    if len(seeds):
+        w = 0.5 ** np.arange(len(seeds))[::-1]
+        w = w / w.sum()
+        for s, ws in zip(seeds, w):
+            if codes[s] >= 0:
+                share[codes[s]] += ws
+        text = (w @ catalog.content[seeds]).astype(np.float32) if catalog.content is not None else None
+    elif query.category >= 0:
+        share[query.category] = 1.0
+        text = centroids[query.category].astype(np.float32) if centroids is not None else None
+    else:
+        return np.zeros(0, np.int64), np.zeros(0)
+    score = (1.0 - tw) * np.where(codes >= 0, share[np.maximum(codes, 0)], 0.0)
+    if tw > 0:
+        score = score + tw * (catalog.content @ text)
+    rows = np.arange(len(catalog))
+    ok = (score > 1e-9) & ~np.isin(rows, seeds) & ~np.asarray(query.excluded)
+    rows = rows[ok]
+    order = np.lexsort((rows, -score[rows]))[:n]
+    return rows[order], score[rows[order]]
+
+
+def _content_catalog(kind: str, n_items: int = 3000, seed: int = 0) -> Catalog:
+    rng = np.random.default_rng(seed)
+    n_cat = 12
+    cat = rng.integers(0, n_cat, n_items)
+    cats = [f"c{c}" if rng.random() > 0.05 else None for c in cat]  # 5% unknown category
+    if kind == "clustered":  # category centres plus noise of varying size, some items without text
+        centres = rng.standard_normal((n_cat, 16)).astype(np.float32) * 3
+        content = centres[cat] + rng.standard_normal((n_items, 16)).astype(np.float32) * rng.uniform(0.2, 3.0)
+        content[rng.random(n_items) < 0.03] = 0.0
+    else:  # "ties": a handful of axis directions (dot products exact, so scores tie exactly), some zero rows
+        content = np.zeros((n_items, 16), dtype=np.float32)
+        axis = rng.integers(0, 5, n_items)
+        content[np.arange(n_items), axis] = rng.choice([-1.0, 1.0], n_items, p=[0.2, 0.8])
+        content[rng.random(n_items) < 0.1] = 0.0
+    ids = [f"X{i:05d}" for i in range(n_items)]
+    return Catalog(ids, cats, ids[:50], None, None, content=content)
+
+
+def _content_queries(catalog: Catalog, count: int, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    n_items = len(catalog)
+    for i in range(count):
+        viewed = rng.integers(0, n_items, int(rng.integers(0, 5)))
+        cart = rng.integers(0, n_items, int(rng.integers(0, 3)))
+        category = int(rng.integers(-1, len(catalog.category_names)))
+        excluded = np.zeros(n_items, dtype=bool)
+        excluded[rng.integers(0, n_items, int(rng.integers(0, 30)))] = True
+        yield (Query(None, None, None, cart, viewed, category, excluded, int(excluded.sum()), AS_OF),
+               int(rng.choice([1, 5, 37, 200, n_items])))
+
+
+@pytest.mark.parametrize("kind", ["clustered", "ties"])
+@pytest.mark.parametrize("text_weight", [0.5, 1.0, 0.0])
+@pytest.mark.parametrize("leaf_size,step,full_scan_share", [(None, None, None), (7, 16, None), (5, 8, 0.0)])
+def test_content_index_returns_what_a_full_scan_returns(monkeypatch, kind, text_weight, leaf_size, step,
+                                                        full_scan_share):
+    """Same items, same order (ties by row), same scores as scoring every row; exclusions, seeds, small leaves,
+    many steps and the full-scan fallback (share 0) included."""
+    if leaf_size:
+        monkeypatch.setattr(sources, "CONTENT_LEAF_SIZE", leaf_size)
+    if step:
+        monkeypatch.setattr(sources, "CONTENT_STEP", step)
+    if full_scan_share is not None:
+        monkeypatch.setattr(sources, "FULL_SCAN_SHARE", full_scan_share)
+    catalog = _content_catalog(kind)
+    src = ContentSource(ContentSourceConfig(type="content", text_weight=text_weight)).bind(catalog)
+    assert (src.index_ is not None) == (text_weight > 0)
+    for query, n in _content_queries(catalog, 60):
+        want_rows, want_scores = _content_reference(catalog, text_weight, 3, query, n, src.centroids_)
+        # the top of the reference excluded too: the next ones must come up
+        for excl in (query, query.excluding(want_rows[:3])):
+            if excl is not query:
+                want_rows, want_scores = _content_reference(catalog, text_weight, 3, excl, n, src.centroids_)
+            got = src.retrieve(excl, n)
+            assert got.column(ROW).tolist() == want_rows.tolist()
+            np.testing.assert_allclose(got.scores, want_scores, rtol=0, atol=1e-6)
+            full = src.scores(excl)
+            if full is not None:  # the source's own full scan agrees
+                np.testing.assert_allclose(full[got.column(ROW)], got.scores, rtol=0, atol=1e-6)
+
+
+def test_content_index_reads_a_small_part_of_a_clustered_catalog(monkeypatch):
+    catalog = _content_catalog("clustered", n_items=20_000)
+    src = ContentSource(ContentSourceConfig(type="content")).bind(catalog)
+    read = []
+    gather = sources._gather
+
+    def counting(indptr, seeds):
+        pos, owner = gather(indptr, seeds)
+        read.append(len(pos))
+        return pos, owner
+
+    monkeypatch.setattr(sources, "_gather", counting)
+    query, _ = next(_content_queries(catalog, 1, seed=5))
+    query = dataclasses.replace(query, viewed=np.array([10, 11, 12]))
+    got = src.retrieve(query, 50)
+    assert len(got) == 50 and 0 < sum(read) < len(catalog) // 4
 
 
 def test_repeat_weighs_purchases_by_recency(tiny):
@@ -267,7 +397,7 @@ class SourceContract:
         assert len(set(ids)) == len(ids) and set(ids) <= set(cat.item_ids.tolist())
         rows = got.column(ROW)
         assert cat.item_ids[rows].tolist() == ids and cat.categories[rows].tolist() == got.categories.tolist()
-        assert not query.excluded[rows].any()
+        assert not query.excluded[rows].any() and isinstance(query.excluded, RowSet)
         assert set(ids).isdisjoint(req["exclude"])
         if req["session"] is not None:
             assert set(ids).isdisjoint(req["session"].cart)  # the pipeline excludes the cart
