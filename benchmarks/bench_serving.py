@@ -27,7 +27,7 @@ the 2 cores with the server). Per case:
      this pass (instance attributes only; nothing in `serving/` is edited):
      features (`Recommender.query`; inside it the Feast online read
      `OnlineUserFeatures.get` and the query tower `embed_query`, the rest
-     is the request's catalog lookups and exclusion mask), retrieval
+     is the request's catalog lookups and exclusion rows), retrieval
      (`Retriever.retrieve`; inside it each source's `retrieve`, the rest is
      the merge: quotas, scaling, dedup, attribution, fallbacks), inserted
      pins, candidate columns, the ranking hook (`Ranker.score`), the rules
