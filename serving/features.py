@@ -9,19 +9,46 @@ Feast does not filter online values by TTL (feast#6821): a value written
 long ago is returned as if it were fresh. :class:`OnlineFeatureReader` reads
 each value's event time and treats a value older than its view's maximum age
 (default: the view's TTL) as missing, and reports it.
+
+An unreachable store must not make every request wait for it. Two things
+bound that wait in :class:`OnlineUserFeatures`:
+
+* a **circuit breaker** (:class:`CircuitBreaker`): after a failed read, reads
+  fail fast (``OnlineStoreUnavailable`` at once, so the request falls back to
+  popularity without touching the store) for ``cooldown`` seconds; then one
+  trial read goes through (half-open) while every other read keeps failing
+  fast; its success closes the breaker, its failure opens it for another
+  cool-down. ``ping()`` (``/health/ready``) goes through the same breaker:
+  ``unavailable`` at once while open, at most one probe per cool-down.
+* **short socket timeouts** for a Redis store (:data:`REDIS_SERVING_TIMEOUTS`),
+  set on the serving process's own copy of the store config, not in
+  feature_store.yaml, so that materialization's large pipelined writes keep
+  redis-py's defaults. They bound a host that does not answer (a black hole,
+  a hung server). A refused connection fails at once but redis-py still
+  retries it 3 times with exponential backoff (about 3-4 s in all, not
+  settable through Feast's ``connection_string``): the breaker is what keeps
+  that to one read per cool-down.
 """
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from feast import FeatureStore
 
 from feature_repo import names as n
 
 TS_SUFFIX = "__ts"
+#: redis-py socket timeouts (seconds) of the serving reads, appended to a Redis `connection_string` that does
+#: not set them itself (Feast passes `key=value` items of the string to `redis.Redis(**kwargs)`). A user's
+#: features are one small HMGET pipeline, answered in well under a millisecond by a healthy server.
+REDIS_SERVING_TIMEOUTS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
+#: seconds the breaker stays open after a failed read before letting one trial read through
+DEFAULT_COOLDOWN = 5.0
 
 
 class OnlineStoreUnavailable(RuntimeError):
@@ -95,19 +122,101 @@ class OnlineFeatureReader:
         return out
 
 
+class CircuitBreaker:
+    """Closed -> (a read fails) open for `cooldown` s -> half-open: one trial read -> closed or open again.
+
+    Thread-safe: serving calls it from several request threads at once. While
+    the trial read is in flight every other caller is refused (fails fast).
+
+    Args:
+        cooldown: seconds to refuse reads after a failure.
+        clock: monotonic seconds (a test may pass its own).
+    """
+
+    def __init__(self, cooldown: float = DEFAULT_COOLDOWN, clock: Callable[[], float] = time.monotonic):
+        if cooldown < 0:
+            raise ValueError(f"cooldown must be >= 0, got {cooldown}")
+        self.cooldown, self.clock = cooldown, clock
+        self._lock = threading.Lock()
+        self._retry_at: float | None = None  # None: closed
+        self._trial = False  # the half-open trial read is in flight
+        self.last_error: str | None = None
+        self.opened = 0  # closed -> open transitions
+        self.refused = 0  # reads failed fast
+        self.trials = 0  # half-open trial reads let through
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            if self._retry_at is None:
+                return "closed"
+            return "half_open" if self._trial or self.clock() >= self._retry_at else "open"
+
+    def allow(self) -> bool:
+        """True: read the store (closed, or this caller is the trial read). False: fail fast."""
+        with self._lock:
+            if self._retry_at is None:
+                return True
+            if self._trial or self.clock() < self._retry_at:
+                self.refused += 1
+                return False
+            self._trial = True
+            self.trials += 1
+            return True
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._retry_at, self._trial, self.last_error = None, False, None
+
+    def failed(self, error: str) -> None:
+        with self._lock:
+            if self._retry_at is None:
+                self.opened += 1
+            self._retry_at, self._trial, self.last_error = self.clock() + self.cooldown, False, error
+
+    def released(self) -> None:
+        """The trial read ended without a verdict (an unexpected error): the next caller may try again."""
+        with self._lock:
+            self._trial = False
+
+    def refusal(self) -> OnlineStoreUnavailable:
+        with self._lock:
+            wait = max(0.0, (self._retry_at or 0.0) - self.clock())
+            return OnlineStoreUnavailable(f"circuit open for {wait:.1f}s more after: {self.last_error}")
+
+
+def _with_serving_timeouts(store: FeatureStore, timeouts: dict[str, float] | None) -> None:
+    """Append `timeouts` to a Redis online store's connection string (in memory, this store only), unless the
+    string sets them already. Before the first read: Feast builds its Redis client from the string once."""
+    online = store.config.online_store
+    if not timeouts or getattr(online, "type", None) != "redis":
+        return
+    conn = online.connection_string
+    have = {item.split("=", 1)[0].strip() for item in conn.split(",") if "=" in item}
+    extra = [f"{k}={v}" for k, v in timeouts.items() if k not in have]
+    if extra:
+        online.connection_string = ",".join([conn, *extra])
+
+
 class OnlineUserFeatures:
-    """The query tower's user features from the online store.
+    """The query tower's user features from the online store, behind a circuit breaker.
 
     Args:
         repo_path: the Feast repo (feature_store.yaml) the bundle was built with.
         service: feature service name (`retrieval_query_v1`).
         max_age: per view, the oldest value served (default: the view's TTL).
+        cooldown: seconds reads fail fast after a failed read (see :class:`CircuitBreaker`).
+        redis_timeouts: redis-py socket timeouts for a Redis store whose connection string does not set them
+            (default :data:`REDIS_SERVING_TIMEOUTS`; None or {}: redis-py's defaults, i.e. none).
     """
 
-    def __init__(self, repo_path: Path, service: str, max_age: dict[str, dt.timedelta] | None = None):
+    def __init__(self, repo_path: Path, service: str, max_age: dict[str, dt.timedelta] | None = None,
+                 cooldown: float = DEFAULT_COOLDOWN, redis_timeouts: dict[str, float] | None = REDIS_SERVING_TIMEOUTS):
         if not (Path(repo_path) / "feature_store.yaml").is_file():
             raise FileNotFoundError(f"{repo_path}/feature_store.yaml not found (feature store of the bundle)")
         self.store = FeatureStore(repo_path=str(repo_path))
+        _with_serving_timeouts(self.store, redis_timeouts)
+        self.breaker = CircuitBreaker(cooldown)
         self.service = self.store.get_feature_service(service)
         self.reader = OnlineFeatureReader(self.store, self.service, max_age)
         self.names = [feat for _, feat in self.reader.pairs]
@@ -117,19 +226,34 @@ class OnlineUserFeatures:
         """Features of one user, or None when the store has no fresh value for any of them.
 
         Raises:
-            OnlineStoreUnavailable: the store raised.
+            OnlineStoreUnavailable: the store raised, or the breaker is open (raised at once).
         """
-        got = self.reader.read([{n.USER_ID: user_id}], now)
+        got = self._read([{n.USER_ID: user_id}], now)
         self.last_stale = got.stale
         values = got.rows[0]
         if all(v is None for v in values.values()):
             return None
         return {k: float(v) if v is not None else 0.0 for k, v in values.items()}
 
-    def ping(self) -> bool:
-        """True when a read succeeds (used by /health/ready)."""
+    def _read(self, entity_rows: list[dict], now: dt.datetime | None = None) -> OnlineRead:
+        if not self.breaker.allow():
+            raise self.breaker.refusal()
         try:
-            self.reader.read([{n.USER_ID: "__health_check__"}])
+            got = self.reader.read(entity_rows, now)
+        except OnlineStoreUnavailable as exc:
+            self.breaker.failed(str(exc))
+            raise
+        except BaseException:
+            self.breaker.released()
+            raise
+        self.breaker.succeeded()
+        return got
+
+    def ping(self) -> bool:
+        """True when a read succeeds (used by /health/ready). While the breaker is open: False at once, and at
+        most one probe (the half-open trial) per cool-down."""
+        try:
+            self._read([{n.USER_ID: "__health_check__"}])
             return True
         except OnlineStoreUnavailable:
             return False
