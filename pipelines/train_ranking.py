@@ -8,7 +8,6 @@ exactly as serving does.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,7 @@ from models.ranking import STACKED, RankingModel, RankingTower, ScoringModule
 from pipelines.layout import Layout
 from pipelines.manifest import read_json, write_json, write_manifest
 from pipelines.progress import Log, default_log, step
-from pipelines.train_retrieval import set_seeds
+from pipelines.train_retrieval import EpochLog, set_seeds
 
 STAGE = "train_ranking"
 MODEL_DIR = "ranking_model"
@@ -33,25 +32,6 @@ def feature_arrays(frame: pd.DataFrame, names) -> dict[str, np.ndarray]:
     if missing:
         raise KeyError(f"ranking rows lack feature columns: {', '.join(missing)}")
     return {c: frame[c].to_numpy(dtype=np.float32) for c in names}
-
-
-class _History(tf.keras.callbacks.Callback):
-    def __init__(self, log: Log, epochs: int, examples: int):
-        super().__init__()
-        self.log, self.epochs, self.examples = log, epochs, examples
-        self.history: list[dict] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.t0 = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        dt = time.perf_counter() - self.t0
-        logs = logs or {}
-        row = {"epoch": epoch + 1, "loss": float(logs.get("loss", float("nan"))),
-               "auc": float(logs.get("auc", float("nan"))), "seconds": dt, "examples_per_s": self.examples / dt}
-        self.history.append(row)
-        self.log(f"[{STAGE}] epoch {epoch + 1}/{self.epochs}: loss {row['loss']:.4f}, auc {row['auc']:.3f}, "
-                 f"{dt:.1f}s, {row['examples_per_s']:,.0f} examples/s")
 
 
 def fit(train: pd.DataFrame, features, config: CartwiseConfig, log: Log = default_log) -> tuple[RankingTower, list[dict]]:
@@ -75,7 +55,7 @@ def fit(train: pd.DataFrame, features, config: CartwiseConfig, log: Log = defaul
     ds = (tf.data.Dataset.from_tensor_slices(data)
           .shuffle(len(train), seed=r.seed, reshuffle_each_iteration=True)
           .batch(r.batch_size).prefetch(2))
-    cb = _History(log, r.epochs, len(train))
+    cb = EpochLog(log, r.epochs, len(train), stage=STAGE, metrics=("auc",))
     model.fit(ds, epochs=r.epochs, verbose=0, callbacks=[cb])
     return tower, cb.history
 

@@ -171,10 +171,22 @@ def training_dataset(data: dict[str, np.ndarray], batch_size: int, seed: int) ->
             .prefetch(2))
 
 
-class _EpochLog(tf.keras.callbacks.Callback):
-    def __init__(self, log: Log, epochs: int, examples: int):
+class EpochLog(tf.keras.callbacks.Callback):
+    """Per-epoch history (loss, any extra Keras metrics, seconds, examples/s) and a progress line.
+
+    Used by both trainers (train_retrieval, train_ranking).
+
+    Args:
+        log: where progress lines go.
+        epochs: planned epochs (for the "k/N" in the line).
+        examples: training rows per epoch (for examples/s).
+        stage: the stage name in the line.
+        metrics: extra Keras metric names to record (e.g. "auc").
+    """
+
+    def __init__(self, log: Log, epochs: int, examples: int, stage: str = STAGE, metrics: tuple[str, ...] = ()):
         super().__init__()
-        self.log, self.epochs, self.examples = log, epochs, examples
+        self.log, self.epochs, self.examples, self.stage, self.metrics = log, epochs, examples, stage, metrics
         self.history: list[dict] = []
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -182,10 +194,14 @@ class _EpochLog(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         dt = time.perf_counter() - self.t0
-        loss = float((logs or {}).get("loss", float("nan")))
-        self.history.append({"epoch": epoch + 1, "loss": loss, "seconds": dt, "examples_per_s": self.examples / dt})
-        self.log(f"[{STAGE}] epoch {epoch + 1}/{self.epochs}: loss {loss:.4f}, {dt:.1f}s, "
-                 f"{self.examples / dt:,.0f} examples/s")
+        logs = logs or {}
+        row = {"epoch": epoch + 1, "loss": float(logs.get("loss", float("nan")))}
+        row.update({m: float(logs.get(m, float("nan"))) for m in self.metrics})
+        row.update(seconds=dt, examples_per_s=self.examples / dt)
+        self.history.append(row)
+        extra = "".join(f", {m} {row[m]:.3f}" for m in self.metrics)
+        self.log(f"[{self.stage}] epoch {epoch + 1}/{self.epochs}: loss {row['loss']:.4f}{extra}, {dt:.1f}s, "
+                 f"{row['examples_per_s']:,.0f} examples/s")
 
 
 def fit(train: pd.DataFrame, config: CartwiseConfig, log: Log = default_log) -> tuple[RetrievalModel, list[dict]]:
@@ -206,7 +222,7 @@ def fit(train: pd.DataFrame, config: CartwiseConfig, log: Log = default_log) -> 
     data[n.WEIGHT] = train[n.WEIGHT].astype("float32").to_numpy()
     if m.logq_correction:
         data[SAMPLING_PROBABILITY] = sampling_probability(train[n.ITEM_ID].astype(str))
-    cb = _EpochLog(log, m.epochs, len(train))
+    cb = EpochLog(log, m.epochs, len(train))
     model.fit(training_dataset(data, m.batch_size, m.seed), epochs=m.epochs, verbose=0, callbacks=[cb])
     return model, cb.history
 
