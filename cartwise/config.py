@@ -666,8 +666,30 @@ class DiversityConfig(_Section):
     similarity: Literal["category", "embedding"] = "category"
 
 
+class BudgetsConfig(_Section):
+    """Per-stage time budgets of one request, in milliseconds (serving/pipeline.py, module docstring); `null` turns
+    a stage's budget off. The defaults are generous (the demo's requests take a few ms): they only cut a request
+    that is stuck.
+
+    Attributes:
+        features: the online-store read (default off: the Redis socket timeouts and the circuit breaker of
+            serving/features.py bound it already). Past it the request stops waiting and goes on as if the store
+            were unavailable (flag `fallback:features_over_budget`); the read itself cannot be interrupted and
+            finishes in the background. Set, each read runs on a worker thread.
+        retrieval: the non-fallback sources, run in declared order; once spent, the ones not yet started are
+            skipped (flag `budget:retrieval`, their names in `warnings`) and the fallbacks still fill the list.
+            A source that has started is never interrupted.
+        total: the request up to the rules, counted from its start. Past it the optional stage (diversity) is
+            skipped (flag `budget:total`); the rules and pins always run.
+    """
+
+    features: float | None = Field(None, gt=0)
+    retrieval: float | None = Field(1000.0, gt=0)
+    total: float | None = Field(2000.0, gt=0)
+
+
 class ServingConfig(_Section):
-    """HTTP server settings."""
+    """HTTP server settings, and the per-request time budgets (`budgets_ms`, :class:`BudgetsConfig`)."""
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -679,6 +701,7 @@ class ServingConfig(_Section):
     override_window: int = Field(1000, ge=1, le=1_000_000)
     #: no alarm before this many requests are in the window
     override_min_requests: int = Field(100, ge=1, le=1_000_000)
+    budgets_ms: BudgetsConfig = BudgetsConfig()
 
     @model_validator(mode="after")
     def _alarm_reachable(self) -> "ServingConfig":

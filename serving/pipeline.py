@@ -35,6 +35,32 @@ Per request, each stage taking and returning one :class:`Candidates`:
 6. the :class:`serving.overrides.OverrideTracker` records the ranked top K
    against the served top K.
 
+**Time budgets** (`serving.budgets_ms`, :class:`cartwise.config.BudgetsConfig`;
+milliseconds, `null` turns one off; the defaults are generous and only cut a
+stuck request):
+
+* `features` (default off: the Redis socket timeouts and the circuit breaker
+  of `serving/features.py` bound a dead store already): the online-store read
+  runs on a worker thread and the request waits for it at most this long; past it the request goes on as if the store
+  were unavailable (session-only embedding, popularity), flagged
+  `fallback:features_over_budget`. A Python thread cannot be interrupted, so
+  the read itself finishes in the background (its result, or failure, still
+  reaches the store's circuit breaker); while :data:`MAX_ABANDONED_READS` such
+  reads are still running, further requests do not start another and fall
+  back at once.
+* `retrieval`: the non-fallback sources run in declared order; once the
+  budget is spent the ones not started yet are skipped (flag
+  `budget:retrieval`, a warning names them) and the fallback sources still
+  fill the list to its length. A source that has started is never
+  interrupted, so the stage can overrun by its slowest source.
+* `total`: counted from the request's start and checked before the rules. Past
+  it the optional stage, diversity, is skipped (flag `budget:total`, with a
+  warning); the rules and pins are business-critical and always run.
+
+Flags say what a budget changed in the answer; every overrun of a stage (also
+one that left nothing to skip) is counted on the recommender's registry as
+`cartwise_budget_overruns_total{stage}` (:class:`BudgetOverruns`).
+
 The pipeline reads the `retrieval`, `rules`, `diversity` and `serving`
 sections of the config the bundle was exported with (`config.json` in the
 bundle), so a bundle carries its own rules. Wiring is checked when the
@@ -49,6 +75,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -73,6 +100,13 @@ log = logging.getLogger("cartwise.serving")
 COLD_ANONYMOUS = "cold_start:anonymous"
 COLD_UNKNOWN = "cold_start:unknown_user"
 FALLBACK_STORE = "fallback:online_store_unavailable"
+FALLBACK_FEATURES_BUDGET = "fallback:features_over_budget"
+BUDGET_RETRIEVAL = "budget:retrieval"
+BUDGET_TOTAL = "budget:total"
+#: stages with a time budget (`serving.budgets_ms`), as labelled on the overrun counter
+BUDGET_STAGES = ("features", "retrieval", "total")
+#: online-store reads still running after their request stopped waiting; at this many, requests fall back at once
+MAX_ABANDONED_READS = 8
 #: config sections the pipeline reads from the bundle's config.json
 SERVING_SECTIONS = ("retrieval", "rules", "diversity", "serving")
 #: unknown ids named in one warning (the count is always given)
@@ -88,6 +122,10 @@ _POS = "_pos"  # candidate column: position in the ranked list, to follow items 
 
 class PipelineWiringError(ConfigError):
     """A pipeline that cannot serve this bundle; the message names the bundle, the stage and the reason."""
+
+
+class FeaturesOverBudget(OnlineStoreUnavailable):
+    """The online-store read took longer than `serving.budgets_ms.features`; the request stopped waiting."""
 
 
 @dataclass
@@ -295,9 +333,10 @@ class RuleStage:
         self.chain = chain
         traced = [r if isinstance(r, PinRule) else _TracedRule(r) for r in chain.rules]
         self._traced = RuleChain(traced, _TracedDiversity(chain.diversity) if chain.diversity is not None else None)
+        self._traced_no_diversity = RuleChain(traced, None)  # a request over its total budget
         self._pin_item = {r.name: r.config.item for r in chain.rules if isinstance(r, PinRule)}
 
-    def apply(self, candidates: Candidates, context: RuleContext, k: int
+    def apply(self, candidates: Candidates, context: RuleContext, k: int, diversity: bool = True
               ) -> tuple[Candidates, list[str], list[list[str]]]:
         """Run the chain and cut to `k`.
 
@@ -305,19 +344,21 @@ class RuleStage:
             candidates: (m,) ranked, with the chain's required columns.
             context: request time, country, flags.
             k: the list length served.
+            diversity: False: skip the diversity stage (the rules and pins still run).
 
         Returns:
             The served candidates, the rules that fired (RuleChain semantics),
             and per served item the rules that acted on it.
         """
-        if not self.chain.rules and self.chain.diversity is None:
+        if not self.chain.rules and (self.chain.diversity is None or not diversity):
             top = candidates.head(k)
             return top, [], [[] for _ in range(len(top))]
+        chain = self._traced if diversity else self._traced_no_diversity
         m = len(candidates)
         trace: list = []
         token = _TRACE.set(trace)
         try:
-            out, fired = self._traced.apply(candidates.with_columns(**{_POS: np.arange(m)}), context, k)
+            out, fired = chain.apply(candidates.with_columns(**{_POS: np.arange(m)}), context, k)
         finally:
             _TRACE.reset(token)
         acted: list[list[str]] = [[] for _ in range(len(out))]
@@ -414,6 +455,11 @@ class Recommender:
         self.registry = self.tracker.registry
         self.imputed = ImputedFeatures()
         self.registry.register(self.imputed)
+        self.budgets = self.config.serving.budgets_ms
+        self.overruns = BudgetOverruns()
+        self.registry.register(self.overruns)
+        self._reads_lock = threading.Lock()
+        self._abandoned_reads = 0
 
     @property
     def version(self) -> str:
@@ -443,6 +489,45 @@ class Recommender:
         return cls(bundle, features, ranker=ranker, registry=registry)
 
     # --- stage 1: features ---
+
+    def _read_features(self, user_id: str) -> dict | None:
+        """`self.features.get(user_id)`, waited for at most `budgets_ms.features` (see the module docstring).
+
+        Raises:
+            FeaturesOverBudget: not answered within the budget, or too many
+                earlier reads are still running in the background.
+            OnlineStoreUnavailable: the store failed (as `features.get`).
+        """
+        budget = self.budgets.features
+        if budget is None:
+            return self.features.get(user_id)
+        with self._reads_lock:
+            if self._abandoned_reads >= MAX_ABANDONED_READS:
+                raise FeaturesOverBudget(f"{self._abandoned_reads} online-store reads over budget still running")
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def read() -> None:
+            try:
+                box["value"] = self.features.get(user_id)
+            except BaseException as exc:  # handed to the waiting request
+                box["error"] = exc
+            finally:
+                with self._reads_lock:
+                    done.set()
+                    if box.get("abandoned"):
+                        self._abandoned_reads -= 1
+
+        threading.Thread(target=read, name="cartwise-online-features", daemon=True).start()
+        if not done.wait(budget / 1000.0):
+            with self._reads_lock:
+                if not done.is_set():
+                    box["abandoned"] = True
+                    self._abandoned_reads += 1
+                    raise FeaturesOverBudget(f"online features not read within {budget:g} ms")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     def _embed(self, user_id: str, feats: dict | None, context: dict[str, str]) -> np.ndarray:
         """One query-tower call: (D,) float32.
@@ -540,7 +625,11 @@ class Recommender:
             flags.append(COLD_UNKNOWN)
             return None, session_only()
         try:
-            feats = self.features.get(user_id)
+            feats = self._read_features(user_id)
+        except FeaturesOverBudget:
+            flags.append(FALLBACK_FEATURES_BUDGET)
+            self.overruns.add("features")
+            return None, session_only()
         except OnlineStoreUnavailable:
             flags.append(FALLBACK_STORE)
             return None, session_only()
@@ -641,11 +730,21 @@ class Recommender:
 
         Returns:
             Items with score, source and the rules that acted on them, the
-            bundle version, fallback flags and warnings about ignored input.
+            bundle version, fallback flags (also what a time budget changed:
+            see the module docstring) and warnings about ignored input.
         """
+        budgets = self.budgets
+        start = time.perf_counter()
         query, flags, warnings = self.query(user_id, exclude, exclude_purchased, session)
         context = RuleContext(query.now)
-        cands = self.retriever.retrieve(query, max(self.config.retrieval.k, k))
+        began = time.perf_counter()
+        deadline = began + budgets.retrieval / 1000.0 if budgets.retrieval is not None else None
+        cands, skipped = self.retriever.retrieve_within(query, max(self.config.retrieval.k, k), deadline)
+        if deadline is not None and time.perf_counter() > deadline:
+            self.overruns.add("retrieval")
+        if skipped:
+            flags.append(BUDGET_RETRIEVAL)
+            warnings.append(f"retrieval: over its {budgets.retrieval:g} ms budget, skipped {', '.join(skipped)}")
         cands = self._add_pinned(cands, context, query, exclude)
         cands = self.item_columns.fill(cands, self._fill)
         scores = np.asarray(self.ranker.score(cands, query), dtype=np.float64)
@@ -653,7 +752,14 @@ class Recommender:
             raise ValueError(f"ranker {type(self.ranker).__name__} returned shape {scores.shape} "
                              f"for {len(cands)} candidates")
         ranked = cands.with_scores(scores).ranked()
-        served, fired, acted = self.rules.apply(ranked, context, k)
+        diversity = True
+        if budgets.total is not None and (time.perf_counter() - start) * 1000.0 > budgets.total:
+            self.overruns.add("total")
+            if self.rules.chain.diversity is not None:
+                diversity = False
+                flags.append(BUDGET_TOTAL)
+                warnings.append(f"diversity: skipped, the request was over its total budget of {budgets.total:g} ms")
+        served, fired, acted = self.rules.apply(ranked, context, k, diversity=diversity)
         self.tracker.record(ranked, served, fired, k)
         found = served.column(FOUND_BY).tolist()
         items = [Recommended(i, float(s), src, rules, self.retriever.found_by(f) if src != PIN_SOURCE else [])
@@ -706,6 +812,31 @@ class ImputedFeatures:
         with self._lock:
             for name, count in sorted(self.counts.items()):
                 family.add_metric([name], count)
+        yield family
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
+
+
+class BudgetOverruns:
+    """Prometheus collector: requests over a stage's time budget (`serving.budgets_ms`), by stage."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counts: dict[str, int] = dict.fromkeys(BUDGET_STAGES, 0)
+
+    def add(self, stage: str) -> None:
+        with self._lock:
+            self.counts[stage] = self.counts.get(stage, 0) + 1
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("cartwise_budget_overruns", "Requests over a stage's time budget "
+                                     "(serving.budgets_ms)", labels=["stage"])
+        with self._lock:
+            for stage, count in self.counts.items():
+                family.add_metric([stage], count)
         yield family
 
     def describe(self) -> Iterator[Any]:

@@ -56,6 +56,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -956,8 +957,27 @@ class Retriever:
             attributed to one source, with the row, found_by and raw
             retrieval_score columns.
         """
+        return self.retrieve_within(query, n, None)[0]
+
+    def retrieve_within(self, query: Query, n: int, deadline: float | None) -> tuple[Candidates, list[str]]:
+        """:meth:`retrieve` under a time budget: the non-fallback sources run in declared order, and once
+        `time.perf_counter()` reaches `deadline` the ones not started yet are skipped. A source that has started
+        is not interrupted; the fallbacks always run (they fill what the skipped sources left free).
+
+        Args:
+            query: the request.
+            n: the candidate budget.
+            deadline: `time.perf_counter()` seconds (None: no budget).
+
+        Returns:
+            (candidates as :meth:`retrieve`, names of the skipped sources in declared order).
+        """
         rows_l, raw_l, merged_l, sid_l = [], [], [], []
+        skipped: list[str] = []
         for i in self._primary:
+            if skipped or (deadline is not None and time.perf_counter() >= deadline):
+                skipped.append(self.names[i])
+                continue
             got, rows = self._ask(i, query, n)
             rows_l.append(rows)
             raw_l.append(got.scores)
@@ -995,7 +1015,7 @@ class Retriever:
                 q = q.excluding(frows)
         c = self.catalog
         return Candidates(c.item_ids[rows], merged, self._labels[sid], c.categories[rows],
-                          {ROW: rows, FOUND_BY: found, RETRIEVAL_SCORE: raw})
+                          {ROW: rows, FOUND_BY: found, RETRIEVAL_SCORE: raw}), skipped
 
     def found_by(self, mask: int) -> list[str]:
         """Source names in a `found_by` bit mask, in declared order."""
