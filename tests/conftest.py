@@ -47,3 +47,13 @@ def trained_shop(tmp_path_factory):
                       ("train_ranking", train_ranking), ("evaluate", evaluate), ("export", export)):
         results[name] = mod.run(cfg, log=quiet)
     return cfg, events, items, results
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port for one test module (tests/redis_server.py)."""
+    from tests.redis_server import start_redis
+
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.kill()

@@ -4,11 +4,6 @@ online/offline parity, newest-by-event-time wins, staleness at read time.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
-import socket
-import subprocess
-import time
 
 import numpy as np
 import pandas as pd
@@ -23,35 +18,12 @@ from serving.features import OnlineFeatureReader, push_session_state, session_re
 from tests.synthetic import make_shop
 
 pytestmark = pytest.mark.integration
-REDIS = shutil.which("redis-server")
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    """A real redis-server on a free loopback port (installed by .ci/run from Debian)."""
-    if REDIS is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (.ci/run installs it)")
-        pytest.skip("redis-server not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    d = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+def redis_url(redis_server):
+    """host:port of the real redis-server (tests/conftest.py `redis_server`)."""
+    return redis_server.url
 
 
 @pytest.fixture(params=["sqlite", "redis"])

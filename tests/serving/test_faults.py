@@ -26,11 +26,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import re
 import shutil
-import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -49,12 +46,11 @@ from serving.app import create_app
 from serving.features import REDIS_SERVING_TIMEOUTS, CircuitBreaker, OnlineStoreUnavailable
 from serving.hotswap import BundleSlot
 from serving.pipeline import FALLBACK_STORE, Recommender
-from serving.server import BackgroundServer, free_port
+from serving.server import BackgroundServer
 from tests.conftest import quiet
 from tests.shop_copy import copy_shop
 
 pytestmark = pytest.mark.integration
-REDIS = shutil.which("redis-server")
 #: the only timing asserted: every answer arrives within this (seconds)
 CLIENT_TIMEOUT = 30.0
 #: a fallback answered by the open breaker (no Redis call) takes well under this (seconds); a read that waits
@@ -74,70 +70,6 @@ class NotImputed(AssertionError):
 
 
 # --- a real redis-server that a test can kill and start again -----------------------------------------------
-
-
-class RedisServer:
-    """`redis-server` on a fixed loopback port and data directory, so a restart is the same server.
-
-    Started without automatic snapshots; :meth:`save` writes `dump.rdb` (as a
-    production Redis with persistence would have), which a restarted server
-    loads, so its data survives a kill.
-    """
-
-    def __init__(self, exe: str, port: int, data_dir: Path):
-        self.exe, self.port, self.dir = exe, port, data_dir
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"redis-server did not start on port {self.port}")
-                time.sleep(0.05)
-
-    def ensure_running(self) -> None:
-        if not self.running:
-            self.start()
-
-    def save(self) -> None:
-        import redis
-
-        redis.Redis(host="127.0.0.1", port=self.port).save()
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown save, connections dropped mid-flight."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    """A real redis-server on a free loopback port (installed by .ci/run from Debian)."""
-    if REDIS is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (.ci/run installs it)")
-        pytest.skip("redis-server is not installed (the online-store fault tests need a real one)")
-    server = RedisServer(REDIS, free_port(), tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture(scope="module")
