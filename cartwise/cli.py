@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("train", _train, "Train the two-tower retrieval model on the validated training set.")
     cmd("train-ranking", _train_ranking, "Train the DCN-v2 ranking model (purchase probability) on the ranking rows.")
     sp = cmd("evaluate", _evaluate, "Evaluate retrieval + ranking, the two-tower index alone and the baselines "
-             "(popularity, repeat, item-kNN, EASE) on the time split of cartwise.yaml (metrics.json + report.html), or, with --test-events, the exported bundle on a later raw file.")
+             "(popularity, repeat, item-kNN, EASE) on the time split of cartwise.yaml (metrics.json + "
+             "report.html), or, with --test-events, the exported bundle on a later raw file.")
     sp.add_argument("--test-events", help="raw file of a later period to evaluate the CURRENT bundle on")
     sp.add_argument("--adapter", help="format of --test-events (default: data.adapter)")
     sp.add_argument("--out", help="metrics JSON to write (default: <work_dir>/evaluation/metrics_<file>.json)")

@@ -144,7 +144,7 @@ class Interactions:
 def popularity(df: pd.DataFrame, as_of, days: int) -> list[str]:
     """Items by number of purchase lines in the `days` before `as_of`, guests included.
 
-    Ties are broken by item id, as `evaluate.popular_items` does.
+    Ties are broken by item id (the bundle's popularity list and the evaluation use this function).
 
     Args:
         df: purchases with `item_id`, `event_timestamp`.

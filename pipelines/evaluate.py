@@ -70,11 +70,6 @@ def purchase_history(purchases: pd.DataFrame) -> pd.DataFrame:
     return h
 
 
-def popular_items(purchases: pd.DataFrame, before: pd.Timestamp, days: int) -> list[str]:
-    """Items by number of purchase lines in the `days` before `before` (ties by id); see baselines.popularity."""
-    return baselines.popularity(purchases, before, days)
-
-
 def repeat_lists(history: pd.DataFrame, users: Sequence[str], as_of: pd.Timestamp,
                  popular: Sequence[str], length: int) -> dict[str, list[str]]:
     """Repeat-purchase baseline: own items by recency-weighted purchases, then popularity."""
@@ -300,7 +295,7 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     catalog = set(train_p[n.ITEM_ID].astype(str))
     max_k = max(ev.k)
     length = max_k + max((len(s) for s in hist_sets.values()), default=0)
-    popular = popular_items(train_p, cutoff, ev.popularity_days)
+    popular = baselines.popularity(train_p, cutoff, ev.popularity_days)
     store = open_store(layout.feature_store)
     known = items[items[n.FIRST_SEEN] < cutoff][n.ITEM_ID].astype(str).tolist()
     with step(STAGE, f"embed {len(known):,} items known at the cut-off and build the index", log):

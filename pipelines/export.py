@@ -42,9 +42,10 @@ import pandas as pd
 from cartwise import bundle as b
 from cartwise.config import CartwiseConfig
 from feature_repo import names as n
+from pipelines.baselines import popularity
 from pipelines.build_features import open_store
 from pipelines.build_index import build_searcher, recall_vs_brute_force
-from pipelines.evaluate import popular_items, purchase_history
+from pipelines.evaluate import purchase_history
 from pipelines.feature_frames import item_features_as_of, user_features_as_of
 from pipelines.layout import Layout
 from pipelines.manifest import read_json, write_json
@@ -259,7 +260,7 @@ def write_serving_tables(staging: Path, frame: pd.DataFrame, items: pd.DataFrame
     if n.IN_STOCK in table:  # unknown stock stays unknown (NA), so the out_of_stock rule keeps it
         table[n.IN_STOCK] = table[n.IN_STOCK].astype("boolean")
     table.to_parquet(staging / b.ITEMS, index=False)
-    (staging / b.POPULAR).write_text(json.dumps(popular_items(purchases, as_of, config.evaluation.popularity_days)))
+    (staging / b.POPULAR).write_text(json.dumps(popularity(purchases, as_of, config.evaluation.popularity_days)))
     history.to_parquet(staging / b.HISTORY, index=False)
     ids = frame[n.ITEM_ID].astype(str).tolist()
     pairs = bought_together(purchases, ids)
