@@ -85,9 +85,17 @@ Cases:
     categories and an item, always active; margin_target; a country-scoped
     block, in force because requests carry no country; an `insert: true` pin
     at position 1, which changes the top item of every request, so the
-    override alarm goes off once and logs a warning) and `diversity: max_per_category 3`; the default ranking hook
-    (`RetrievalScoreRanker`: the merged retrieval score; no learned model is
-    served yet, so "500 candidates ranked" is a sort, not a model).
+    override alarm goes off once and logs a warning) and `diversity: max_per_category 3`;
+  - ranking: when the demo bundle has a ranker (`<bundle>/ranking/`), the
+    same learned ranker (`serving.ranking.LearnedRanker`: the demo's trained
+    DCN tower and feature spec) over synthetic ranking state written by
+    :func:`_synthetic_ranker` (item features resampled from the demo's
+    columns, a 20-neighbour item-kNN, the buyers' repeat profiles and pair
+    keys; user and user x item features read online from the demo's Feast
+    store, where the synthetic pairs have no rows: the reads cost what a
+    lookup costs, and answer "none"). So the 500 candidates are ranked by the
+    model, as in production. Without a ranker in the demo bundle, the
+    default hook (the merged retrieval score, a sort).
 
 Requests (the same fixed list for every pass of a case; seeded): 70% known
 users, 10% unknown user ids, 20% anonymous; every request has a session (3
@@ -325,7 +333,61 @@ def _synthetic_config(categories: list[str], pin_item: str, promo_item: str, can
     return parse_config(raw, source="bench_serving synthetic config"), raw
 
 
-def _synthetic_recommender(n_items: int, demo, seed: int, candidates: int) -> tuple[object, dict]:
+def _synthetic_ranker(root: Path, demo, ids, categories, history, as_of, rng) -> dict:
+    """`<root>/ranking/` for the synthetic catalog: the demo bundle's trained ranker (tower and spec) over
+    synthetic item features (each column resampled from the demo's), a 20-neighbour same-category item-kNN
+    state, the synthetic buyers' repeat profiles and their (user, item) and (user, category) keys. No EASE
+    matrix (a dense items x items matrix: 4 TB at 1M items), so `ease_score` is 0 here."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from feature_repo import names as n
+    from feature_repo.item_matrix import ItemFeatureMatrix
+
+    src = demo.bundle.root / "ranking"
+    out = root / "ranking"
+    (out / "scores").mkdir(parents=True)
+    shutil.copytree(src / "ranking_tower", out / "ranking_tower")
+    for name in ("spec.json", "training_summary.json"):
+        shutil.copy2(src / name, out / name)
+    real = ItemFeatureMatrix.load(src / "items")
+    cols = {}
+    for name, col in real.columns.items():
+        col = np.asarray(col, dtype=np.float64)
+        cols[name] = rng.choice(col, len(ids))
+    ItemFeatureMatrix(ids.tolist(), cols).save(out / "items")
+    n_items, k = len(ids), 20
+    codes = pd.factorize(categories)[0]
+    order = np.argsort(codes, kind="stable")
+    size = np.bincount(codes)
+    start = np.r_[0, np.cumsum(size)[:-1]]
+    nb = order[start[codes][:, None] + (rng.random((n_items, k)) * size[codes][:, None]).astype(np.int64)]
+    knn = sp.csr_matrix((rng.uniform(0.01, 0.5, n_items * k).astype(np.float32), nb.ravel().astype(np.int32),
+                         np.arange(0, n_items * k + 1, k)), shape=(n_items, n_items))
+    knn.sum_duplicates()
+    knn.sort_indices()
+    d = out / "scores"
+    (d / "items.json").write_text(json.dumps(ids.tolist()))
+    for part in ("indptr", "indices", "data"):
+        np.save(d / f"knn_{part}.npy", getattr(knn, part), allow_pickle=False)
+    row = pd.Series(np.arange(n_items), index=ids)
+    age = (as_of - pd.to_datetime(history["last_purchase"], utc=True)).dt.total_seconds().to_numpy() / 86400.0
+    prof = pd.DataFrame({n.USER_ID: history[n.USER_ID].astype(str), "col": row.loc[history[n.ITEM_ID]].to_numpy(),
+                         "w_long": (history["purchases"] * 0.5 ** (age / 180.0)).astype(np.float32),
+                         "w_recent": (history["purchases"] * 0.5 ** (age / 30.0)).astype(np.float32)})
+    prof.sort_values([n.USER_ID, "col"]).to_parquet(d / "profiles.parquet", index=False)
+    history[[n.USER_ID, n.ITEM_ID]].astype(str).to_parquet(out / "pairs.parquet", index=False)
+    cat_of = pd.Series(categories, index=ids)
+    pd.DataFrame({n.USER_ID: history[n.USER_ID].astype(str),
+                  n.CATEGORY_KEY: cat_of.loc[history[n.ITEM_ID]].astype(str).to_numpy()}).drop_duplicates() \
+        .to_parquet(out / "category_pairs.parquet", index=False)
+    return {"ranker": "the demo bundle's DCN", "ranker_knn_neighbours": k, "ranker_ease": False}
+
+
+def _synthetic_recommender(n_items: int, demo, seed: int, candidates: int, work: Path) -> tuple[object, dict]:
     """A Recommender over a synthetic catalog of `n_items`, built in memory (see the module docstring)."""
     import numpy as np
     import pandas as pd
@@ -405,12 +467,18 @@ def _synthetic_recommender(n_items: int, demo, seed: int, candidates: int) -> tu
     manifest = {"version": f"synthetic-{n_items}", "as_of": as_of.isoformat(), "query_inputs": q,
                 "index": {**params}, "feature_store": demo.bundle.manifest["feature_store"],
                 "feature_services": demo.bundle.manifest["feature_services"]}
-    bundle = LoadedBundle(root=Path(f"synthetic-{n_items}"), manifest=manifest, embed_query=demo.bundle.embed_query,
+    root = Path(work) / f"synthetic-{n_items}"
+    if (demo.bundle.root / "ranking").is_dir():  # the learned ranker ranks the candidates, as in the demo bundle
+        t = time.perf_counter()
+        info.update(_synthetic_ranker(root, demo, ids, cat_names[cat], history, as_of, rng))
+        info["ranker_build_s"] = time.perf_counter() - t
+    bundle = LoadedBundle(root=root, manifest=manifest, embed_query=demo.bundle.embed_query,
                           searcher=searcher, item_ids=ids.astype(str), items=items, popular=popular, history=history,
                           item_embeddings=emb, bought_together=bought, content_embeddings=content)
     t = time.perf_counter()
     rec = Recommender(bundle, demo.features, config=config)
     info["recommender_build_s"] = time.perf_counter() - t
+    info["ranker_class"] = type(rec.ranker).__name__
     info.update({"items": n_items, "dim": dim, "categories": n_cat, "popular": len(popular),
                  "users_with_history": len(users), "history_rows": len(history), "co_purchase_pairs": len(bought),
                  "index": params, "config": raw})
@@ -482,7 +550,8 @@ def child_main(spec: dict) -> None:
                 "index": rec.bundle.manifest.get("index"), "retrieval_k": rec.config.retrieval.k,
                 "load_s": load_s, "config": "the bundle's own config.json"}
     else:
-        rec, info = _synthetic_recommender(int(spec["case"]), demo, spec["seed"], spec["candidates"])
+        rec, info = _synthetic_recommender(int(spec["case"]), demo, spec["seed"], spec["candidates"],
+                                           Path(spec["work"]))
         info["demo_load_s"] = load_s
         info["sources"] = list(rec.retriever.names)
         info["rules"] = list(rec.rules.chain.names)

@@ -17,7 +17,8 @@ from serving.pipeline import Recommender
 FORMATS = (".csv", ".parquet")
 
 
-def _read_users(path: Path) -> list[str]:
+def read_users(path: Path) -> list[str]:
+    """Distinct user ids of a csv or parquet file with a `user_id` column, in file order."""
     if path.suffix not in FORMATS:
         raise ValueError(f"{path}: users file must be .csv or .parquet")
     if not path.is_file():
@@ -51,7 +52,7 @@ def run(config: CartwiseConfig, users_file: Path, out: Path, k: int, exclude_pur
         raise ValueError(f"{out}: output must end in .csv or .parquet")
     if k < 1:
         raise ValueError(f"--k must be >= 1, got {k}")
-    users = _read_users(users_file)
+    users = read_users(users_file)
     rec = Recommender.from_bundle_dir(bundle_dir or current_bundle(config.work_dir / "bundles"))
     rows = []
     for u in users:

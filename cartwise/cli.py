@@ -141,6 +141,20 @@ def _recommend(args):
     print(f"wrote {len(df):,} rows for {users:,} users ({cold:,} served by the cold-start route) to {args.out}")
 
 
+def _overrides(args):
+    from cartwise.batch import read_users
+    from cartwise.bundle import current_bundle
+    from pipelines import override_report
+    from serving.pipeline import Recommender
+
+    cfg = _config(args)
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    users = read_users(Path(args.users)) if args.users else None
+    rec = Recommender.from_bundle_dir(Path(args.bundle) if args.bundle else current_bundle(cfg.work_dir / "bundles"))
+    override_report.run(cfg, rec, users=users, k=args.k, exclude_purchased=args.exclude_purchased)
+
+
 def _demo(args):
     from cartwise import demo
 
@@ -241,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output file, .csv or .parquet")
     sp.add_argument("--exclude-purchased", action="store_true", help="leave out items the user already bought")
     sp.add_argument("--bundle", help="bundle directory (default: the one CURRENT names)")
+    sp = cmd("overrides", _overrides, "Measure how often the business rules override the model: one request per "
+             "evaluation test user through the bundle's serving pipeline; the top-1 override rate, top-K overlap "
+             "and per-rule figures go into the evaluation's metrics.json (rule_overrides) and report.html.")
+    sp.add_argument("--bundle", help="bundle directory (default: the one CURRENT names)")
+    sp.add_argument("--k", type=int, default=10, help="items per request (default: 10)")
+    sp.add_argument("--users", help="csv or parquet with a user_id column (default: the evaluation's test users)")
+    sp.add_argument("--exclude-purchased", action="store_true", help="leave out items the user already bought")
     cmd("demo", _demo, "Run every step end to end on the config, then fetch one recommendation over HTTP.")
     sp = sub.add_parser("simulate", help="Generate a simulated shop's event log and catalog (canonical schema).",
                         description="Generate a simulated shop's event log and item catalog in the canonical "

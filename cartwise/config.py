@@ -702,6 +702,10 @@ class ServingConfig(_Section):
     #: no alarm before this many requests are in the window
     override_min_requests: int = Field(100, ge=1, le=1_000_000)
     budgets_ms: BudgetsConfig = BudgetsConfig()
+    #: the instant a request without `session.time` is served at (request-time features, repeat decay,
+    #: staleness, promotion windows): `now`, the wall clock (a live shop), or `bundle`, the bundle's as-of
+    #: instant (a log that ended in the past, such as the shipped Online Retail data: a demo, a replay)
+    request_time: Literal["now", "bundle"] = "now"
 
     @model_validator(mode="after")
     def _alarm_reachable(self) -> "ServingConfig":

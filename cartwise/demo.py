@@ -4,8 +4,11 @@ Where it sits: top layer. Runs every pipeline stage in order (ingest ->
 features -> point-in-time dataset -> Great Expectations validation ->
 two-tower training -> ranking rows and DCN ranking -> evaluation with
 baselines and the HTML report on the split; then the same training on all
-the data -> export), then starts the
-real HTTP server on a loopback port, fetches one recommendation over HTTP
+the data -> export), then runs the evaluation's test users through the
+exported bundle's serving pipeline and adds how often the business rules
+override the model to the evaluation's metrics.json and report.html
+(pipelines/override_report.py), then starts the real HTTP server on a
+loopback port with that same pipeline, fetches one recommendation over HTTP
 and prints it, and stops the server.
 """
 from __future__ import annotations
@@ -18,8 +21,8 @@ import pandas as pd
 
 from cartwise.bundle import current_bundle
 from cartwise.config import CartwiseConfig
-from pipelines import (build_dataset, build_features, build_ranking_dataset, evaluate, export, ingest, train_ranking,
-                       train_retrieval, validate_dataset)
+from pipelines import (build_dataset, build_features, build_ranking_dataset, evaluate, export, ingest,
+                       override_report, train_ranking, train_retrieval, validate_dataset)
 from pipelines.progress import default_log
 from serving.app import create_app
 from serving.pipeline import Recommender
@@ -38,8 +41,7 @@ STAGES = (
     ("build-features", build_features.run),
     *TRAINING,
     ("evaluate", evaluate.run),
-    # the ranker is not retrained: serving does not use it yet (its online features are issue 6's work)
-    *((f"{name} (all data)", fn) for name, fn in TRAINING if "ranking" not in name),
+    *((f"{name} (all data)", fn) for name, fn in TRAINING),
     ("export", export.run),
 )
 FINAL = {name for name, _ in STAGES if name.endswith("(all data)")} | {"export"}
@@ -77,8 +79,11 @@ def run(config: CartwiseConfig, *, log=default_log) -> dict:
             log(f"(training end moved from {config.evaluation.split_date} to {final.evaluation.split_date})")
         results[name] = fn(final if name in FINAL else config, log=log)
     bundle_dir = current_bundle(config.work_dir / "bundles")
-    log("\n=== serve ===")
     recommender = Recommender.from_bundle_dir(bundle_dir)
+    log("\n=== rule overrides (test users through the exported bundle) ===")
+    # the split's test users (`config`, not the all-data one); the served app's tracker starts with these requests
+    results["overrides"] = override_report.run(config, recommender, log=log)
+    log("\n=== serve ===")
     user = sample_user(recommender)
     with BackgroundServer(create_app(recommender), host=config.serving.host) as srv:
         body = {"user_id": user, "k": 5, "exclude_purchased": True}

@@ -173,22 +173,13 @@ def build(data_dir: Path) -> dict:
         mode="pandas",
     )
     def request_features(inputs: pd.DataFrame) -> pd.DataFrame:
-        """Request-time features: hour and weekday of the request, recency, item age, price vs the user's AOV."""
+        """Request-time features: hour and weekday of the request, recency, item age, price vs the user's AOV
+        (the arithmetic: feature_repo/request_time.py, shared with serving)."""
         # Feast rebuilds the UDF from its source text with only pd/np in scope, without this module's globals
-        # (feast-dev/feast#6815): literal column names and local imports (names.py is checked by a test)
-        import pandas as pd
+        # (feast-dev/feast#6815): local imports only
+        from feature_repo import request_time
 
-        ts = pd.to_datetime(inputs["request_ts"], unit="s", utc=True)
-        out = pd.DataFrame(index=inputs.index)
-        out["request_hour"] = ts.dt.hour.astype("int64")
-        out["request_weekday"] = ts.dt.weekday.astype("int64")
-        last = inputs["user_last_purchase_unix"].fillna(0)
-        out["days_since_last_purchase"] = ((inputs["request_ts"] - last) / 86400.0).where(last > 0, -1.0).astype("float64")
-        first = inputs["first_seen_unix"].fillna(inputs["request_ts"])
-        out["item_age_days"] = ((inputs["request_ts"] - first) / 86400.0).astype("float64")
-        aov = inputs["user_avg_order_value"].fillna(0.0)
-        out["price_to_user_aov"] = (inputs["price"].fillna(0.0) / aov.where(aov > 0)).fillna(0.0).astype("float64")
-        return out
+        return request_time.on_frame(request_time.request_features, inputs)
 
     @on_demand_feature_view(
         sources=[request_context, user_purchase_stats, user_item_history, user_category_history],
@@ -198,25 +189,11 @@ def build(data_dir: Path) -> dict:
     def ranking_request_features(inputs: pd.DataFrame) -> pd.DataFrame:
         """Ranking features that depend on the request time: days since this user last (and first) bought
         this item and this category (-1: never), the category's share of the user's purchase lines, and the
-        user's mean interval between purchase days of the item (-1: fewer than two)."""
-        import pandas as pd  # run from source text by Feast: no module globals (see request_features)
+        user's mean interval between purchase days of the item (-1: fewer than two). Arithmetic:
+        feature_repo/request_time.py, shared with serving."""
+        from feature_repo import request_time  # run from source text by Feast: no module globals (see above)
 
-        out = pd.DataFrame(index=inputs.index)
-        for col, src in (("ui_days_since_purchase", "ui_last_purchase_unix"),
-                         ("uc_days_since_purchase", "uc_last_purchase_unix")):
-            last = inputs[src].fillna(0)
-            out[col] = ((inputs["request_ts"] - last) / 86400.0).where(last > 0, -1.0).astype("float64")
-        total = inputs["user_purchase_count"].fillna(0)
-        out["uc_share"] = (inputs["uc_purchases"].fillna(0) / total.where(total > 0)).fillna(0.0).astype("float64")
-        first = inputs["ui_first_purchase_unix"].fillna(0)
-        since_first = ((inputs["request_ts"] - first) / 86400.0).where(first > 0, -1.0)
-        out["ui_days_since_first_purchase"] = since_first.astype("float64")
-        days = inputs["ui_purchase_days"].fillna(0)
-        # mean gap between purchase days: (last - first) / (days - 1); -1 with fewer than two days
-        last = inputs["ui_last_purchase_unix"].fillna(0)
-        gap = ((last - first) / 86400.0 / (days - 1).where(days > 1)).fillna(-1.0)
-        out["ui_repurchase_interval"] = gap.astype("float64")
-        return out
+        return request_time.on_frame(request_time.ranking_request_features, inputs)
 
     retrieval_query_v1 = FeatureService(
         name=n.RETRIEVAL_QUERY_SERVICE, features=[user_purchase_stats],

@@ -11,7 +11,7 @@ logit) and the metrics.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -96,10 +96,45 @@ class RankingModel(tfrs.Model):
 
 
 class ScoringModule(tf.Module):
-    """The ranking tower with a fixed signature, for `tf.saved_model.save`: `score(inputs) -> logits [B]`."""
+    """The ranking tower with fixed signatures, for `tf.saved_model.save`.
+
+    `score({name: [B]}) -> logits [B]` takes the features by name (evaluation
+    scores a frame); `score_stacked(features [B, F]) -> logits [B]` takes them
+    as one matrix with the columns in `feature_names` order (serving: one
+    tensor per request instead of one per feature).
+    """
 
     def __init__(self, tower: RankingTower):
         super().__init__()
         self.tower = tower
         spec = {f: tf.TensorSpec([None], tf.float32, name=f) for f in tower.feature_names}
         self.score = tf.function(lambda inputs: self.tower(inputs), input_signature=[spec])
+        width = len(tower.feature_names)
+        self.score_stacked = tf.function(lambda x: self.tower({STACKED: x}),
+                                         input_signature=[tf.TensorSpec([None, width], tf.float32, name=STACKED)])
+
+
+def load_stacked_scorer(path: str, n_features: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A saved :class:`ScoringModule` as a function of the stacked matrix: float32 [B, F] -> logits float32 [B].
+
+    Args:
+        path: the SavedModel directory.
+        n_features: F, the number of feature columns (checked against the model).
+
+    Raises:
+        ValueError: the model has no `score_stacked` signature (saved before it existed) or another width.
+    """
+    module = tf.saved_model.load(str(path))
+    fn = getattr(module, "score_stacked", None)
+    if fn is None:
+        raise ValueError(f"{path}: ranking model without a score_stacked signature (saved by an older cartwise); "
+                         "retrain it with `cartwise train-ranking`")
+    width = fn.concrete_functions[0].structured_input_signature[0][0].shape[-1] if fn.concrete_functions else None
+    if width is not None and width != n_features:
+        raise ValueError(f"{path}: ranking model takes {width} features, its summary names {n_features}")
+
+    def score(x: np.ndarray) -> np.ndarray:
+        return fn(tf.constant(np.asarray(x, dtype=np.float32).reshape(-1, n_features))).numpy()
+
+    score.module = module  # the function's variables live as long as the module
+    return score

@@ -2,7 +2,7 @@
 
 Where it sits: ingest (canonical events + catalog) -> **build_features** ->
 a Feast repo under `<work_dir>/feature_store/` (DuckDB offline store over the
-parquet tables, SQLite online store) -> build_dataset (point in time) and
+parquet tables, joining with ASOF joins; SQLite online store) -> build_dataset (point in time) and
 serving (online).
 """
 from __future__ import annotations
@@ -28,6 +28,8 @@ STAGE = "features"
 
 
 ORDERED_SQLITE = "feature_repo.online_stores.OrderedSqliteOnlineStore"
+#: Feast's DuckDB offline store with the point-in-time join done by ASOF joins (feature_repo/offline_store.py)
+ASOF_DUCKDB = "feature_repo.offline_store.AsofDuckDBOfflineStore"
 
 
 def online_store_config(features: FeaturesConfig, repo_dir: Path) -> dict:
@@ -38,12 +40,12 @@ def online_store_config(features: FeaturesConfig, repo_dir: Path) -> dict:
 
 
 def feature_store_yaml(repo_dir: Path, online_store: dict | None = None) -> dict:
-    """The Feast config of a run's repo: DuckDB offline; online the newest-wins SQLite store by default."""
+    """The Feast config of a run's repo: DuckDB offline (ASOF joins); online the newest-wins SQLite store by default."""
     return {
         "project": "cartwise",
         "registry": str(repo_dir / "data" / "registry.db"),
         "provider": "local",
-        "offline_store": {"type": "duckdb"},
+        "offline_store": {"type": ASOF_DUCKDB},
         "online_store": online_store or {"type": ORDERED_SQLITE, "path": str(repo_dir / "data" / "online_store.db")},
         "entity_key_serialization_version": 3,
         "auth": {"type": "no_auth"},
@@ -155,7 +157,10 @@ def run(config: CartwiseConfig, *, repo_dir: Path | None = None, log: Log = defa
     with step(STAGE, "feast apply", log):
         store.apply(definitions.all_objects(repo_dir / "data"))
     start = pd.Timestamp(events[n.EVENT_TIMESTAMP].min()).floor("D").to_pydatetime() - dt.timedelta(days=1)
-    end = pd.Timestamp(events[n.EVENT_TIMESTAMP].max()).ceil("D").to_pydatetime() + dt.timedelta(days=1)
+    # up to the midnight after the last event day, inclusive: the snapshot of that day is stamped there, and
+    # the windowed tables' later rows (windows emptying after the data ends) stay offline, so the online
+    # store holds the state as of the data's end, the instant a bundle is exported as of
+    end = pd.Timestamp(events[n.EVENT_TIMESTAMP].max()).floor("D").to_pydatetime() + dt.timedelta(days=1)
     if items[n.FIRST_SEEN].notna().any():
         start = min(start, pd.Timestamp(items[n.FIRST_SEEN].min()).to_pydatetime() - dt.timedelta(days=1))
     views = store.list_feature_views()

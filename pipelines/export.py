@@ -46,10 +46,12 @@ from pipelines.baselines import popularity
 from pipelines.build_features import open_store
 from pipelines.build_index import build_searcher, recall_vs_brute_force
 from pipelines.evaluate import purchase_history
+from pipelines.export_ranking import write_ranker
 from pipelines.feature_frames import item_features_as_of, user_features_as_of
 from pipelines.layout import Layout
 from pipelines.manifest import read_json, write_json
 from pipelines.progress import Log, default_log, step
+from pipelines.train_ranking import MODEL_DIR
 from pipelines.train_retrieval import CANDIDATE_FLOATS, CANDIDATE_STRINGS, QUERY_FLOATS, QUERY_STRINGS, tensors
 from validation import drift, gate, report
 from validation.suites import FEATURE_TABLES, feature_table_suite, run_suite, training_set_suite
@@ -308,9 +310,10 @@ def write_golden(staging: Path, store, users: list[str], as_of: pd.Timestamp, se
 
 def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, searcher, params: dict,
                  items: pd.DataFrame, events: pd.DataFrame, as_of: pd.Timestamp, config: CartwiseConfig,
-                 log: Log = default_log) -> dict:
+                 log: Log = default_log, ranker_from: Path | None = None) -> dict:
     """Everything a bundle holds after its towers and index, written alike by export and `cartwise index update`:
-    golden queries (with the index recall gate), the serving tables (:func:`write_serving_tables`) and config.json.
+    golden queries (with the index recall gate), the serving tables (:func:`write_serving_tables`), the
+    ranker's part (`pipelines/export_ranking.py`) and config.json.
 
     Args:
         staging: the bundle being written; towers and index are in it.
@@ -325,10 +328,12 @@ def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, sea
         config: the config the bundle is written with (stored as config.json,
             whose serving sections serving reads).
         log: progress sink.
+        ranker_from: the trained ranking model (`<work_dir>/ranking_model`, or the parent bundle's
+            `ranking/`); None or a directory without one: no ranker in the bundle.
 
     Returns:
         Manifest fields: `index` (params, recall against brute force, golden
-        query count), `golden` and `serving_tables`.
+        query count), `golden`, `serving_tables` and, with a ranker, `ranking`.
 
     Raises:
         ExportRefused: recall@10 on the golden queries below `retrieval.index.min_recall`.
@@ -342,10 +347,12 @@ def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, sea
         raise ExportRefused(f"index recall@{GOLDEN_K} {recall:.3f} < retrieval.index.min_recall {min_recall}; "
                             "raise num_leaves_to_search or reorder")
     serving_tables = write_serving_tables(staging, frame, items, purchases, history, as_of, config)
+    ranker = write_ranker(staging, ranker_from, store, purchases, frame[n.ITEM_ID].astype(str).tolist(), as_of,
+                          config, log)
     write_json(staging / "config.json", config.model_dump(mode="json"))
     return {"index": {**params, "recall_at_10_vs_brute_force": recall, "golden_queries": len(users)},
             "golden": {"queries": len(users), "k": GOLDEN_K, "min_recall": min_recall},
-            "serving_tables": serving_tables}
+            "serving_tables": serving_tables, **(ranker or {})}
 
 
 def golden_users(history: pd.DataFrame) -> list[str]:
@@ -485,7 +492,8 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
             s["result"] = f"{params['type']}"
         b.crash_point("index_serialized")
 
-        tables = write_tables(staging, store, frame, emb, searcher, params, items, events, as_of, config, log)
+        tables = write_tables(staging, store, frame, emb, searcher, params, items, events, as_of, config, log,
+                              ranker_from=layout.root / MODEL_DIR)
         for src, name in ((verdict_path, "validation.json"), (layout.evaluation / "metrics.json", "metrics.json"),
                           (layout.model / "training_summary.json", "training_summary.json"),
                           (gate_json, "drift.json"), (gate_html, "drift.html")):

@@ -18,6 +18,11 @@ The schema read (every top-level key optional):
     scores: {method: [float, ...]}
     training: {stage: [{"epoch": 1, "loss": .., "examples_per_s": ..}, ...]}
     test_users, test_purchases, catalog_items, split: {"train_end": .., "test_end": ..}
+    rule_overrides: {"requests": n, "k": 10, "top1_override_rate": .., "mean_topk_overlap": .., "note": "..",
+                     "by_rule": {rule: {"kind": .., "top1_override_rate": .., "fired_share": ..,
+                                        "topk_change_share": .., "topk_out_per_request": ..,
+                                        "topk_in_per_request": .., "removed_per_request": ..}}, ...}
+                    (added after export by pipelines/override_report.py)
 """
 from __future__ import annotations
 
@@ -74,7 +79,9 @@ def write_report(metrics: Mapping[str, Any], out_path: Path) -> Path:
         body.append(f"<h2>{html.escape(title)} <small>(<code>{key}</code>)</small></h2>")
         body.append(_section(partial(_variant, key=key), metrics))
     for title, fn in (("Metrics by cohort", _cohorts), ("Coverage curves", _coverage),
-                      ("Category spread", _category_spread), ("Candidate generation", _candidates),
+                      ("Category spread", _category_spread),
+                      ("Business rules: how often they override the model", _rule_overrides),
+                      ("Candidate generation", _candidates),
                       ("Score distributions", _scores), ("Training curves", _training)):
         body.append(f"<h2>{html.escape(title)}</h2>")
         body.append(_section(fn, metrics))
@@ -203,6 +210,55 @@ def _category_spread(metrics: Mapping[str, Any]) -> str:
     return ("<p>distinct@k: mean number of categories in a top k; top_share@k: mean share of the top k "
             "taken by its most frequent category.</p>"
             + _table(methods, [(k, "raw") for k in keys], lambda meth, c: spread[meth].get(c[0]), best=False))
+
+
+RULE_COLUMNS = (("kind", "kind"), ("top1_override_rate", "top-1 override rate"), ("fired_share", "fired"),
+                ("topk_change_share", "top-K set changed"), ("topk_out_per_request", "out of top K / req"),
+                ("topk_in_per_request", "into top K / req"), ("removed_per_request", "candidates removed / req"))
+RULE_BARS = (("top1_override_rate", "top-1 override rate"), ("fired_share", "fired"),
+             ("topk_change_share", "top-K set changed"))
+
+
+def _rule_overrides(metrics: Mapping[str, Any]) -> str:
+    if not metrics.get("rule_overrides"):
+        raise _Missing('no "rule_overrides" in the metrics (added after export by `cartwise overrides` or '
+                       "`cartwise demo`)")
+    sec = metrics["rule_overrides"]
+    rows = [("Bundle", sec.get("bundle")), ("Requests (one per test user)", sec.get("requests")),
+            ("k", sec.get("k")), ("Business rules declared", ", ".join(sec.get("business_rules") or []) or "none"),
+            ("Diversity", sec.get("diversity")), ("Top-1 override rate", sec.get("top1_override_rate")),
+            ("Alarm threshold", sec.get("alarm_threshold")), ("Mean top-K overlap", sec.get("mean_topk_overlap"))]
+    rows += [(f"flag {f}", c) for f, c in (sec.get("flags") or {}).items()]
+    out = [f"<p>{html.escape(str(sec.get('note', '')))}</p>",
+           "<p>Every request went through the exported bundle's serving pipeline; a rule's top-1 override rate "
+           "counts the requests whose top item its step changed (serving/overrides.py). Fired: it changed the "
+           "top K's ids or order.</p>",
+           '<table class="meta">' + "".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(_fmt(b))}</td></tr>"
+                                            for a, b in rows if b is not None) + "</table>"]
+    by_rule = sec.get("by_rule") or {}
+    if not by_rule:
+        return "\n".join(out) + _na("no rule or diversity stage in the bundle's config")
+    names = list(by_rule)
+    out.append("<table><tr><th>rule</th>" + "".join(f"<th>{html.escape(label)}</th>" for _, label in RULE_COLUMNS)
+               + "</tr>" + "".join(f"<tr><td>{html.escape(r)}</td>" + "".join(
+                   f"<td>{html.escape(_fmt(by_rule[r].get(key)))}</td>" for key, _ in RULE_COLUMNS) + "</tr>"
+                   for r in names) + "</table>")
+    fig = Figure(figsize=(max(5.0, 1.0 + 1.2 * len(names)), 3.2))
+    ax = fig.subplots()
+    width = 0.8 / len(RULE_BARS)
+    for j, (key, label) in enumerate(RULE_BARS):
+        ax.bar([i + (j - (len(RULE_BARS) - 1) / 2) * width for i in range(len(names))],
+               [_num(by_rule[r].get(key)) for r in names], width, label=label)
+    threshold = sec.get("alarm_threshold")
+    if _finite(threshold):
+        ax.axhline(threshold, color="C3", linestyle="--", linewidth=1, label="alarm threshold")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("share of requests")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    out.append(_img(fig, "rule override rates per rule"))
+    return "\n".join(out)
 
 
 def _candidates(metrics: Mapping[str, Any]) -> str:

@@ -28,6 +28,7 @@ from cartwise.config import CartwiseConfig
 from feature_repo import names as n
 from pipelines.build_features import open_store
 from pipelines.export import cleanup_orphans, new_staging, publish, write_index, write_tables
+from pipelines.export_ranking import RANKING_DIR
 from pipelines.feature_frames import item_features_as_of
 from pipelines.layout import Layout
 from pipelines.progress import Log, default_log, step
@@ -123,7 +124,9 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
 
         # golden queries, the serving tables (item table with stock and margin, co-purchase neighbours, content
         # embeddings, popularity, history) and config.json, exactly as export writes them
-        tables = write_tables(staging, store, frame, emb, searcher, params, items, events, as_of, config, log)
+        # ... and the parent's ranking model with item features and source scores for the new catalog
+        tables = write_tables(staging, store, frame, emb, searcher, params, items, events, as_of, config, log,
+                              ranker_from=parent / RANKING_DIR)
         b.crash_point("tables_written")
         update = {"parent": parent.name, "new": len(added), "changed": len(changed), "removed": len(removed),
                   "embedded": int(redo.sum()), "reused": int(keep.sum()), "new_items": added[:50],

@@ -3,7 +3,7 @@
 Where it sits: request -> **online features** (Feast online store: SQLite by
 default, Redis in production) -> query tower / ranking -> ScaNN. User and
 session features are read through Feast's SDK here; candidate item features
-come from the item feature matrix (`serving/item_matrix.py`), not row by row.
+come from the item feature matrix (`feature_repo/item_matrix.py`), not row by row.
 
 Feast does not filter online values by TTL (feast#6821): a value written
 long ago is returned as if it were fresh. :class:`OnlineFeatureReader` reads
@@ -31,12 +31,13 @@ bound that wait in :class:`OnlineUserFeatures`:
 """
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from feast import FeatureStore
 
@@ -218,6 +219,7 @@ class OnlineUserFeatures:
         _with_serving_timeouts(self.store, redis_timeouts)
         self.breaker = CircuitBreaker(cooldown)
         self.service = self.store.get_feature_service(service)
+        self._max_age = max_age
         self.reader = OnlineFeatureReader(self.store, self.service, max_age)
         self.names = [feat for _, feat in self.reader.pairs]
         self.last_stale: list[str] = []
@@ -236,18 +238,46 @@ class OnlineUserFeatures:
         return {k: float(v) if v is not None else 0.0 for k, v in values.items()}
 
     def _read(self, entity_rows: list[dict], now: dt.datetime | None = None) -> OnlineRead:
+        return self.guarded(lambda: self.reader.read(entity_rows, now))
+
+    def guarded(self, read: Callable[[], Any]) -> Any:
+        """Run one online-store read behind the circuit breaker (also the ranker's user x item reads).
+
+        Raises:
+            OnlineStoreUnavailable: the breaker is open (at once), or `read` raised anything else
+                (wrapped, and counted by the breaker as a failure).
+        """
         if not self.breaker.allow():
             raise self.breaker.refusal()
         try:
-            got = self.reader.read(entity_rows, now)
+            got = read()
         except OnlineStoreUnavailable as exc:
             self.breaker.failed(str(exc))
             raise
+        except Exception as exc:  # a raw provider read: any store failure is a fallback, never a 5xx
+            self.breaker.failed(f"{type(exc).__name__}: {exc}")
+            raise OnlineStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
             self.breaker.released()
             raise
         self.breaker.succeeded()
         return got
+
+    def with_refs(self, refs: Sequence[str]) -> "OnlineUserFeatures":
+        """A reader of this one's features plus `refs` (`view:feature`), sharing its store and circuit breaker.
+
+        Used when the bundle has a ranker: its user features come in the same single lookup as the
+        query tower's.
+        """
+        have = {f"{view}:{feat}" for view, feat in self.reader.pairs}
+        extra = [r for r in refs if r not in have]
+        if not extra:
+            return self
+        other = copy.copy(self)
+        other.reader = OnlineFeatureReader(self.store, [f"{v}:{f}" for v, f in self.reader.pairs] + extra,
+                                           self._max_age)
+        other.names = [feat for _, feat in other.reader.pairs]
+        return other
 
     def ping(self) -> bool:
         """True when a read succeeds (used by /health/ready). While the breaker is open: False at once, and at

@@ -83,14 +83,17 @@ class BundleSlot:
         return self._entry.recommender
 
     def load(self, root: Path) -> Recommender:
-        """The default loader: the bundle at `root` with the ranker and online-store reader of the one in service.
+        """The default loader: the bundle at `root` with the online-store reader of the one in service, and its
+        ranker when the caller gave one (else the new bundle's own).
 
         Raises:
             BundleError: the bundle does not verify, load or replay its golden queries.
             PipelineWiringError: its config cannot be served.
         """
         current = self.current
-        return Recommender.from_bundle_dir(root, features=current.features, ranker=current.ranker)
+        # a ranker the caller gave is kept; a bundle's own learned ranker comes with each bundle
+        return Recommender.from_bundle_dir(root, features=current.features,
+                                           ranker=getattr(current, "given_ranker", None))
 
     @property
     def version(self) -> str:

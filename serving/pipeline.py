@@ -90,7 +90,7 @@ from feature_repo import names as n
 from serving.candidates import Candidates
 from serving.diversity import EMBEDDING, Diversifier
 from serving.features import OnlineStoreUnavailable, OnlineUserFeatures
-from serving.overrides import OverrideTracker
+from serving.overrides import OverrideTracker, RuleStep
 from serving.request import SessionContext
 from serving.rules import PIN_SOURCE, PinRule, Rule, RuleChain, RuleContext
 from serving.sources import FOUND_BY, RETRIEVAL_SCORE, ROW, Catalog, Query, Retriever, RowSet
@@ -101,6 +101,7 @@ COLD_ANONYMOUS = "cold_start:anonymous"
 COLD_UNKNOWN = "cold_start:unknown_user"
 FALLBACK_STORE = "fallback:online_store_unavailable"
 FALLBACK_FEATURES_BUDGET = "fallback:features_over_budget"
+FALLBACK_RANKING = "fallback:ranking_features_unavailable"
 BUDGET_RETRIEVAL = "budget:retrieval"
 BUDGET_TOTAL = "budget:total"
 #: stages with a time budget (`serving.budgets_ms`), as labelled on the overrun counter
@@ -337,7 +338,7 @@ class RuleStage:
         self._pin_item = {r.name: r.config.item for r in chain.rules if isinstance(r, PinRule)}
 
     def apply(self, candidates: Candidates, context: RuleContext, k: int, diversity: bool = True
-              ) -> tuple[Candidates, list[str], list[list[str]]]:
+              ) -> tuple[Candidates, list[str], list[list[str]], list[RuleStep]]:
         """Run the chain and cut to `k`.
 
         Args:
@@ -348,11 +349,14 @@ class RuleStage:
 
         Returns:
             The served candidates, the rules that fired (RuleChain semantics),
-            and per served item the rules that acted on it.
+            per served item the rules that acted on it, and each rule's change
+            to the list in order (for the override tracker: rules and
+            diversity from the trace, then one step per fired pin, all pins
+            sharing the placement's before and after).
         """
         if not self.chain.rules and (self.chain.diversity is None or not diversity):
             top = candidates.head(k)
-            return top, [], [[] for _ in range(len(top))]
+            return top, [], [[] for _ in range(len(top))], []
         chain = self._traced if diversity else self._traced_no_diversity
         m = len(candidates)
         trace: list = []
@@ -362,8 +366,11 @@ class RuleStage:
         finally:
             _TRACE.reset(token)
         acted: list[list[str]] = [[] for _ in range(len(out))]
+        steps = [RuleStep(name, before, after) for name, _, before, after in trace]
+        steps += [RuleStep(r, trace[-1][3] if trace else candidates, out, self._pin_item[r])
+                  for r in fired if r in self._pin_item]
         if not trace and not fired:
-            return out, fired, acted
+            return out, fired, acted, steps
         served_at = np.full(m, -1, dtype=np.int64)
         served_at[out.column(_POS)] = np.arange(len(out))
         for name, kind, before, after in trace:
@@ -388,7 +395,7 @@ class RuleStage:
             item = self._pin_item.get(name)
             if item is not None and item in ids:
                 acted[ids.index(item)].append(name)
-        return out, fired, acted
+        return out, fired, acted, steps
 
 
 # --- the recommender -----------------------------------------------------------------------------------------
@@ -435,6 +442,10 @@ class Recommender:
         items = bundle.items.set_index("item_id")
         self.titles = items["title"].astype(object).where(items["title"].notna(), None).to_dict()
         self.categories = items["category"].astype(object).to_dict()
+        #: the ranker given by the caller (kept across hot swaps); None: the bundle's own, or retrieval scores
+        self.given_ranker = ranker
+        if ranker is None:
+            ranker = self._bundle_ranker(where)
         self.ranker: Ranker = ranker if ranker is not None else RetrievalScoreRanker()
         self.item_columns = ItemColumns(bundle)
         try:
@@ -461,9 +472,34 @@ class Recommender:
         self._reads_lock = threading.Lock()
         self._abandoned_reads = 0
 
+    def _bundle_ranker(self, where: str) -> Ranker | None:
+        """The bundle's learned ranker (`<bundle>/ranking/`, :class:`serving.ranking.LearnedRanker`), or None
+        when the bundle has none. Its user features join the features stage's single lookup."""
+        from serving.ranking import RANKING_DIR, LearnedRanker, PairReader, RankerWiringError, user_refs
+
+        root = self.bundle.root / RANKING_DIR
+        if not root.is_dir():
+            return None
+        store = getattr(self.features, "store", None)
+        try:
+            pairs = PairReader(store) if store is not None else None
+            ranker = LearnedRanker(root, self.catalog, self.categories, pairs,
+                                   read=getattr(self.features, "guarded", None))
+        except RankerWiringError as e:
+            raise PipelineWiringError(f"{where}: ranker: {e}") from None
+        if hasattr(self.features, "with_refs"):
+            self.features = self.features.with_refs(user_refs())
+        return ranker
+
     @property
     def version(self) -> str:
         return self.bundle.version
+
+    def default_time(self) -> dt.datetime:
+        """The time of a request that gives none (`serving.request_time`): now, or the bundle's as-of instant."""
+        if self.config.serving.request_time == "bundle" and self.bundle.manifest.get("as_of"):
+            return _instant(self.bundle.manifest["as_of"])
+        return dt.datetime.now(dt.timezone.utc)
 
     @classmethod
     def from_bundle_dir(cls, root: Path, features: OnlineUserFeatures | None = None, *, ranker: Ranker | None = None,
@@ -490,8 +526,10 @@ class Recommender:
 
     # --- stage 1: features ---
 
-    def _read_features(self, user_id: str) -> dict | None:
-        """`self.features.get(user_id)`, waited for at most `budgets_ms.features` (see the module docstring).
+    def _read_features(self, user_id: str, now: dt.datetime | None = None) -> dict | None:
+        """`self.features.get(user_id, now)`, waited for at most `budgets_ms.features` (see the module docstring).
+
+        `now` (the request's time) is what staleness is measured against (`serving/features.py`).
 
         Raises:
             FeaturesOverBudget: not answered within the budget, or too many
@@ -500,7 +538,7 @@ class Recommender:
         """
         budget = self.budgets.features
         if budget is None:
-            return self.features.get(user_id)
+            return self.features.get(user_id, now)
         with self._reads_lock:
             if self._abandoned_reads >= MAX_ABANDONED_READS:
                 raise FeaturesOverBudget(f"{self._abandoned_reads} online-store reads over budget still running")
@@ -509,7 +547,7 @@ class Recommender:
 
         def read() -> None:
             try:
-                box["value"] = self.features.get(user_id)
+                box["value"] = self.features.get(user_id, now)
             except BaseException as exc:  # handed to the waiting request
                 box["error"] = exc
             finally:
@@ -606,7 +644,7 @@ class Recommender:
         return {n.SESSION_CATEGORY: name or UNKNOWN, n.SESSION_DEVICE: session.device or UNKNOWN}, usable
 
     def _embedding(self, user_id: str | None, flags: list[str], context: dict[str, str], usable: bool,
-                   warnings: list[str]) -> tuple[dict | None, np.ndarray | None]:
+                   warnings: list[str], now: dt.datetime | None = None) -> tuple[dict | None, np.ndarray | None]:
         """The user side of stage 1: (online features, query embedding).
 
         A known user with fresh features is embedded from them and the
@@ -625,7 +663,7 @@ class Recommender:
             flags.append(COLD_UNKNOWN)
             return None, session_only()
         try:
-            feats = self._read_features(user_id)
+            feats = self._read_features(user_id, now)
         except FeaturesOverBudget:
             flags.append(FALLBACK_FEATURES_BUDGET)
             self.overruns.add("features")
@@ -666,7 +704,7 @@ class Recommender:
         excluded = [rows]  # catalog rows, as a RowSet below: no (N,) mask per request
         cart = viewed = np.zeros(0, dtype=np.int64)
         category = -1
-        now = dt.datetime.now(dt.timezone.utc)
+        now = self.default_time()
         if session is not None:
             cart, unknown = cat.rows(session.cart)
             if unknown:
@@ -684,7 +722,7 @@ class Recommender:
         if exclude_purchased and user_id is not None and user_id in cat.users:
             excluded.append(cat.users[user_id].rows)
         context, usable = self._session_context(session, category, viewed, cart)
-        feats, emb = self._embedding(user_id, flags, context, usable, warnings)
+        feats, emb = self._embedding(user_id, flags, context, usable, warnings, now)
         never = RowSet(np.concatenate(excluded), len(cat))
         q = Query(user_id, emb, feats, cart, viewed, category, never, never.count, now)
         return q, flags, warnings
@@ -747,7 +785,12 @@ class Recommender:
             warnings.append(f"retrieval: over its {budgets.retrieval:g} ms budget, skipped {', '.join(skipped)}")
         cands = self._add_pinned(cands, context, query, exclude)
         cands = self.item_columns.fill(cands, self._fill)
-        scores = np.asarray(self.ranker.score(cands, query), dtype=np.float64)
+        try:
+            scores = np.asarray(self.ranker.score(cands, query), dtype=np.float64)
+        except OnlineStoreUnavailable as e:  # the ranker's own online reads failed: keep the retrieval order
+            flags.append(FALLBACK_RANKING)
+            warnings.append(f"ranking: online features unavailable ({e}); candidates kept in retrieval order")
+            scores = np.asarray(cands.scores, dtype=np.float64)
         if scores.shape != (len(cands),):
             raise ValueError(f"ranker {type(self.ranker).__name__} returned shape {scores.shape} "
                              f"for {len(cands)} candidates")
@@ -759,12 +802,18 @@ class Recommender:
                 diversity = False
                 flags.append(BUDGET_TOTAL)
                 warnings.append(f"diversity: skipped, the request was over its total budget of {budgets.total:g} ms")
-        served, fired, acted = self.rules.apply(ranked, context, k, diversity=diversity)
-        self.tracker.record(ranked, served, fired, k)
+        served, fired, acted, steps = self.rules.apply(ranked, context, k, diversity=diversity)
+        self.tracker.record(ranked, served, fired, k, steps=steps)
         found = served.column(FOUND_BY).tolist()
         items = [Recommended(i, float(s), src, rules, self.retriever.found_by(f) if src != PIN_SOURCE else [])
                  for (i, s, src, _), rules, f in zip(served, acted, found)]
         return Recommendation(user_id, items, self.bundle.version, flags, warnings, fired)
+
+
+def _instant(text: str) -> dt.datetime:
+    """An ISO 8601 instant from a manifest as an aware UTC datetime."""
+    t = dt.datetime.fromisoformat(text)
+    return (t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
 
 
 def impute_non_finite(feats: dict, names: Sequence[str]) -> tuple[dict, list[str]]:

@@ -40,6 +40,10 @@ MAX_ID_LENGTH = 128
 MAX_DEVICE_LENGTH = 32
 #: Longest `session.time` string, in characters.
 MAX_TIME_LENGTH = 64
+#: `session.time` range: request-time features are computed on pandas timestamps (years 1677-2262), and a shop's
+#: requests happen now, so a time outside these bounds is a client bug, answered 422.
+MIN_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+MAX_TIME = dt.datetime(2200, 1, 1, tzinfo=dt.timezone.utc)
 #: Most ids in `exclude`.
 MAX_EXCLUDE = 1000
 #: Most ids in `session.viewed` and in `session.cart` each.
@@ -88,9 +92,13 @@ def _parse_time(value: Any) -> dt.datetime | None:
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.timezone.utc)
     try:
-        return t.astimezone(dt.timezone.utc)
+        t = t.astimezone(dt.timezone.utc)
     except OverflowError:
         raise PydanticCustomError("datetime_range", "is out of range once converted to UTC") from None
+    if not MIN_TIME <= t < MAX_TIME:
+        raise PydanticCustomError("datetime_range", "must be from {lo} to before {hi} (UTC)",
+                                  {"lo": MIN_TIME.date().isoformat(), "hi": MAX_TIME.date().isoformat()})
+    return t
 
 
 #: A user or item id: 1..128 characters, no control characters, no lone surrogates.

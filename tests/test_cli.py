@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "rollback": [], "index": [], "train": [],
     "evaluate": ["--test-events", "--adapter", "--out"], "export": [], "serve": ["--host", "--port", "--bundle", "--watch", "--reload-token-env"],
     "recommend": ["--users", "--k", "--out", "--exclude-purchased", "--bundle"], "demo": [],
+    "overrides": ["--bundle", "--k", "--users", "--exclude-purchased"],
     "simulate": ["--seed", "--out", "--days"],
     "abtest": ["--seed", "--out", "--days", "--sessions-per-day", "--refresh-days", "--control", "--treatment"],
 }

@@ -129,7 +129,7 @@ def test_stale_values_are_missing_and_reported(store):
 
 
 def test_item_matrix_matches_the_sdk_and_survives_save_and_load(store, tmp_path):
-    from serving.item_matrix import ItemFeatureMatrix
+    from feature_repo.item_matrix import ItemFeatureMatrix
 
     fs, events, items = store
     fs.materialize(start_date=dt.datetime(2010, 12, 1, tzinfo=dt.timezone.utc),

@@ -33,11 +33,23 @@ METRICS = {
     "training": {"retrieval": [{"epoch": 1, "loss": 900.0, "examples_per_s": 12000.0},
                                {"epoch": 2, "loss": 850.0, "examples_per_s": 13000.0}],
                  "ranking": [{"epoch": 1, "loss": 0.3, "examples_per_s": 30000.0}]},
+    "rule_overrides": {"bundle": "20240101T000000Z", "k": 10, "requests": 1301, "overrides": 91,
+                       "top1_override_rate": 0.0699, "mean_topk_overlap": 0.93, "alarm_threshold": 0.15,
+                       "business_rules": ["block", "black_friday"], "diversity": "max_per_category",
+                       "flags": {"cold_start:unknown_user": 3}, "note": "The rules changed the top item in 7.0%.",
+                       "by_rule": {"block": {"kind": "filter", "top1_override_rate": 0.0538, "fired_share": 0.08,
+                                             "topk_change_share": 0.08, "topk_out_per_request": 0.09,
+                                             "topk_in_per_request": 0.09, "removed_per_request": 1.5},
+                                   "black_friday": {"kind": "reweight", "top1_override_rate": 0.0161,
+                                                    "fired_share": 0.2, "topk_change_share": 0.05,
+                                                    "topk_out_per_request": 0.06, "topk_in_per_request": 0.06,
+                                                    "removed_per_request": 0.0}}},
     "test_users": 1301, "test_purchases": 82780,
     "split": {"train_end": "2011-07-31", "test_end": "2011-09-30"},
 }
 SECTIONS = ("All items", "New to the user", "Metrics by cohort", "Coverage curves", "Category spread",
-            "Candidate generation", "Score distributions", "Training curves")
+            "Business rules: how often they override the model", "Candidate generation", "Score distributions",
+            "Training curves")
 
 
 @pytest.fixture
@@ -53,23 +65,24 @@ def test_full_report_is_self_contained(tmp_path):
     for title in SECTIONS:
         assert f">{title}" in doc
     assert "Not available" not in doc
-    # 2 variant charts + 2 cohort charts + coverage + scores + training = 7 figures, all inline PNGs
+    # 2 variant charts + 2 cohort charts + coverage + rule overrides + scores + training = 8 figures, inline PNGs
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', doc)
-    assert len(images) == 7
+    assert len(images) == 8
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     # nothing fetched: no external URLs, scripts or stylesheets
     assert not re.search(r'(src|href)="(?!data:)', doc)
     assert "<script" not in doc and "http://" not in doc and "https://" not in doc
     # table values, the MAP and revenue columns, and cohort / candidate figures are there
     for text in ("MAP@10", "Revenue hit rate@50", "item_knn", "ease", "cold_items", "light_users",
-                 "candidate recall@300", "0.5000", "82,780", "2011-07-31"):
+                 "candidate recall@300", "0.5000", "82,780", "2011-07-31",
+                 "black_friday", "top-1 override rate", "0.0538", "The rules changed the top item in 7.0%."):
         assert text in doc
     # best per column is marked: item_knn has the highest all-items NDCG@10 (0.3 x 1.2 = 0.36)
     assert '<td class="best">0.3600</td>' in doc
 
 
 @pytest.mark.parametrize("key", ["all_items", "new_to_user", "cohorts", "coverage_curve", "category_spread",
-                                 "candidates", "scores", "training"])
+                                 "rule_overrides", "candidates", "scores", "training"])
 def test_missing_key_gives_not_available(tmp_path, key, no_render):
     m = copy.deepcopy(METRICS)
     del m[key]
@@ -82,8 +95,8 @@ def test_empty_metrics_still_writes_every_section(tmp_path):
     doc = write_report({}, tmp_path / "r.html").read_text(encoding="utf-8")
     for title in SECTIONS:
         assert f">{title}" in doc
-    # overview + 8 sections
-    assert doc.count("Not available") == 9
+    # overview + 9 sections
+    assert doc.count("Not available") == 10
     assert "data:image/png" not in doc
 
 

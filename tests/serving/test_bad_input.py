@@ -167,6 +167,8 @@ CASES = [
     Case("time-too-long", S(time="2024-05-01T10:00:00" + "0" * MAX_TIME_LENGTH), 422, "body.session.time",
          "datetime_format"),
     Case("time-overflows-in-utc", S(time="9999-12-31T23:59:59-01:00"), 422, "body.session.time", "datetime_range"),
+    Case("time-before-1970", S(time="0143-03-02T10:48:10"), 422, "body.session.time", "datetime_range"),
+    Case("time-after-2199", S(time="2262-04-12T00:00:00Z"), 422, "body.session.time", "datetime_range"),
     # routing
     Case("get-on-recommend", None, 405, "method", "method_not_allowed", method="GET"),
     Case("put-on-recommend", J({}), 405, "method", "method_not_allowed", method="PUT"),

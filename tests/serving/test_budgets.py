@@ -62,7 +62,9 @@ def _no_calls():
 
 
 def build(base: Recommender, raw: dict, features=None) -> Recommender:
-    return Recommender(base.bundle, features if features is not None else base.features, config=parse_config(raw))
+    """The bundle with another config, ranked by retrieval scores (the orders checked here are retrieval's)."""
+    return Recommender(base.bundle, features if features is not None else base.features, config=parse_config(raw),
+                       ranker=p.RetrievalScoreRanker())
 
 
 def overruns(rec: Recommender, stage: str) -> float | None:

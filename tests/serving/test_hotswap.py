@@ -35,7 +35,9 @@ RATE = 20.0  # requests per second of the load generator
 @pytest.fixture(scope="module")
 def two_bundles(trained_shop, tmp_path_factory):
     cfg, *_ = trained_shop
-    cfg2, _ = copy_shop(cfg, tmp_path_factory.mktemp("swap"), model={**SMALL["model"], "seed": 8})
+    # bundle B: other retrieval towers and no ranker, so the two answer differently
+    cfg2, _ = copy_shop(cfg, tmp_path_factory.mktemp("swap"), model={**SMALL["model"], "seed": 8},
+                        ranking={**SMALL["ranking"], "enabled": False})
     bundles = cfg2.work_dir / "bundles"
     a = b.current_version(bundles)
     train_retrieval.run(cfg2, log=quiet)

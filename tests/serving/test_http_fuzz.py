@@ -70,10 +70,13 @@ any_json = st.recursive(leaf, lambda inner: st.lists(inner, max_size=4) | st.dic
                         max_leaves=6)
 zones = st.sampled_from([None, dt.timezone.utc, dt.timezone(dt.timedelta(hours=5, minutes=30)),
                          dt.timezone(dt.timedelta(hours=23, minutes=59)), dt.timezone(-dt.timedelta(hours=23))])
-valid_time = st.datetimes(min_value=dt.datetime(2, 1, 1), max_value=dt.datetime(9998, 12, 31),
+# serving.request.MIN_TIME .. MAX_TIME once in UTC: a day inside each end whatever the zone
+valid_time = st.datetimes(min_value=dt.datetime(1970, 1, 2), max_value=dt.datetime(2199, 12, 30),
                           timezones=zones).map(dt.datetime.isoformat)
 edge_time = st.one_of(st.datetimes(min_value=dt.datetime(9999, 12, 31), timezones=zones),
-                      st.datetimes(max_value=dt.datetime(1, 1, 1, 23, 59), timezones=zones))  # UTC may overflow
+                      st.datetimes(max_value=dt.datetime(1, 1, 1, 23, 59), timezones=zones),  # UTC may overflow
+                      st.datetimes(min_value=dt.datetime(2200, 1, 2), timezones=zones),  # out of serving's range
+                      st.datetimes(max_value=dt.datetime(1969, 12, 30), timezones=zones))
 bad_time = st.one_of(edge_time.map(dt.datetime.isoformat), st.text(max_size=30),
                      st.integers(), st.sampled_from(["2024-02-30", "2024-05-01T25:00", "9999-12-31T23:00-05:00",
                                                      "2024-05-01T10:00+24:00", "1714557600", "now"]))

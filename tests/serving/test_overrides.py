@@ -231,3 +231,81 @@ def test_a_registry_refuses_a_second_tracker():
     OverrideTracker(registry=reg)
     with pytest.raises(ValueError, match="Duplicated"):
         OverrideTracker(registry=reg)
+
+
+# --- which rule overrode: per-rule attribution from RuleStage's steps -------------------------------------------
+
+PROMO = (T0 + dt.timedelta(days=1), T0 + dt.timedelta(days=2))  # promotion window
+PIN = (T0 + dt.timedelta(days=3), T0 + dt.timedelta(days=4))    # pin window
+ATTRIBUTION = parse_config({"rules": [
+    {"type": "out_of_stock"},
+    {"type": "block", "items": ["top"], "flag": "restricted"},
+    {"type": "promotion", "name": "promo", "items": ["c"], "factor": 10.0, "start": PROMO[0], "end": PROMO[1]},
+    {"type": "pin", "name": "contract", "item": "f", "position": 1, "start": PIN[0], "end": PIN[1]},
+]})
+
+
+def test_overrides_are_attributed_to_the_rule_that_changed_the_top_item():
+    """400 requests through the real RuleStage: the block changes the top item in every 5th, the promotion (c x 10
+    over a, b: c ends first) in every 8th, the pin (f, 7th, to position 1) in every 10th when neither of the other
+    two is in force that request; out_of_stock drops b (3rd) in every 4th, never the top item. Counts are exact."""
+    from serving.pipeline import RuleStage
+
+    stage = RuleStage(RuleChain.from_config(ATTRIBUTION.rules))
+    reg = CollectorRegistry()
+    tr = OverrideTracker(registry=reg, rules=stage.chain.names, window=10_000)
+    want = {r: 0 for r in stage.chain.names}
+    both = overrides = 0
+    for j in range(400):
+        blocked, promo, pinned = j % 5 == 0, j % 8 == 1, j % 10 == 7
+        assert not (pinned and (blocked or promo)) or j in (17, 57, 97, 137, 177, 217, 257, 297, 337, 377)
+        pinned = pinned and not blocked and not promo
+        when = PROMO[0] if promo else PIN[0] if pinned else T0
+        c = _candidates(b_in_stock=j % 4 != 2)
+        out, fired, _, steps = stage.apply(c, RuleContext(when, "DE", {"restricted"} if blocked else set()), K)
+        rec = tr.record(c.head(K), out, fired, K, steps=steps)
+        expect = tuple(r for r, on in (("block", blocked), ("promo", promo), ("contract", pinned)) if on)
+        assert rec.overridden_by == expect, (j, rec)
+        assert rec.top1_changed == bool(expect) and set(expect) <= set(fired)
+        for r in expect:
+            want[r] += 1
+        both += blocked and promo
+        overrides += bool(expect)
+    # 80 blocked, 50 promoted (10 of them also blocked: j = 25 mod 40... both rules changed the top item there),
+    # the pin in every 10th (40) minus the ones the promotion or the block took over (j = 17 mod 40 -> promo)
+    assert want == {"out_of_stock": 0, "block": 80, "promo": 50, "contract": 30} and both == 10
+    assert overrides == 80 + 50 + 30 - 10
+    got = {r: reg.get_sample_value("cartwise_rule_overrides_total", {"rule": r}) for r in want}
+    assert got == want
+    assert reg.get_sample_value("cartwise_rules_overrides_total") == overrides
+    tot = tr.totals()
+    assert tot["requests"] == 400 and tot["overrides"] == overrides
+    assert {r: t["overrides"] for r, t in tot["rules"].items()} == want
+    # out_of_stock drops b in 100 requests: b leaves the top 5, e comes in, the top item stays
+    oos = tot["rules"]["out_of_stock"]
+    assert (oos["fired"], oos["topk_changes"], oos["topk_out"], oos["topk_in"], oos["removed"]) == (100,) * 5
+    assert reg.get_sample_value("cartwise_rule_topk_changes_total", {"rule": "out_of_stock"}) == 100
+    # the pin brings f (7th) to the top: f in, one item displaced, in each of its 30 requests
+    pin = tot["rules"]["contract"]
+    assert (pin["topk_changes"], pin["topk_in"], pin["topk_out"]) == (30, 30, 30)
+    # the promotion reorders within the top 5 (c from 4th to 1st, or 3rd after a block): no top-K change
+    assert tot["rules"]["promo"]["topk_changes"] == 0 and tot["rules"]["promo"]["top1_changes"] == 50
+
+
+def test_rule_effect_details():
+    from serving.overrides import RuleStep, rule_effect
+
+    e = rule_effect(RuleStep("block", ["a", "b", "c", "d"], ["b", "c", "d"]), k=2)
+    assert (e.top1_changed, e.topk_changed, e.topk_out, e.topk_in, e.removed) == (True, True, 1, 1, 1)
+    assert rule_effect(RuleStep("block", ["a"], []), k=2).top1_changed  # an emptied list changed the top item
+    # a pin moving its item out of the top 2 (from 1st to 4th): not when another pin's item took the top
+    e = rule_effect(RuleStep("late", ["p", "a", "b", "c"], ["a", "b"], item="p"), k=2)
+    assert (e.top1_changed, e.topk_out, e.topk_in) == (True, 1, 1)
+    e = rule_effect(RuleStep("other", ["p", "a", "b", "c"], ["a", "b"], item="zz"), k=2)
+    assert not e.top1_changed and not e.topk_changed
+    # without steps, nothing is attributed (the older counters still count)
+    tr = OverrideTracker(rules=["x"])
+    rec = tr.record(["a"], ["b"], ["x"])
+    assert rec.top1_changed and rec.overridden_by == ()
+    assert tr.registry.get_sample_value("cartwise_rule_overrides_total", {"rule": "x"}) == 0
+    assert tr.registry.get_sample_value("cartwise_rules_rule_overrides_total", {"rule": "x"}) == 1

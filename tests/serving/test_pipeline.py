@@ -31,9 +31,11 @@ from cartwise.config import parse_config
 from serving.app import create_app
 from serving.candidates import Candidates
 from serving.hotswap import BundleSlot
+from serving.overrides import OverrideTracker
 from serving.pipeline import (
-    COLD_ANONYMOUS, COLD_UNKNOWN, PipelineWiringError, Recommender, RecommenderMetrics, RuleStage,
+    COLD_ANONYMOUS, COLD_UNKNOWN, PipelineWiringError, Recommender, RecommenderMetrics, RetrievalScoreRanker, RuleStage,
 )
+from serving.ranking import LearnedRanker
 from serving.request import SessionContext
 from serving.rules import Rule, RuleChain, RuleContext
 from serving.sources import Query
@@ -95,6 +97,8 @@ pytestmark = pytest.mark.integration
 
 def test_default_sources_are_two_tower_then_popularity(base):
     assert base.retriever.names == ("two_tower", "popularity")
+    assert isinstance(base.ranker, LearnedRanker)  # the bundle's ranker; the order checked here is retrieval's
+    base = Recommender(base.bundle, base.features, ranker=RetrievalScoreRanker())
     query, flags, warnings = base.query("U002")
     idx, _ = base.bundle.searcher.search(query.embedding, final_num_neighbors=5)
     r = base.recommend("U002", 5)
@@ -270,13 +274,15 @@ def test_out_of_stock_reads_the_bundle_item_table(base, root, tmp_path):
 
 
 def test_per_item_rules_promotion_pin_and_diversity(base):
+    # retrieval scores in [0, 1], so a x100 promotion surely lifts an item to the top
+    base = Recommender(base.bundle, base.features, ranker=RetrievalScoreRanker())
     plain = ids(base.recommend("U002", 8))
     lifted = plain[6]
     rec = with_config(base, {"rules": [
         {"type": "promotion", "name": "black_friday", "items": [lifted], "factor": 100.0},
         # a new product no source knows: inserted, then placed
         {"type": "pin", "name": "contract", "item": "NEW-1", "position": 2, "insert": True}],
-        "diversity": {"method": "max_per_category", "max_per_category": 2}})
+        "diversity": {"method": "max_per_category", "max_per_category": 2}}, ranker=RetrievalScoreRanker())
     r = rec.recommend("U002", 5)
     got = {i.item_id: i.rules for i in r.items}
     assert ids(r)[0] == lifted and got[lifted] == ["black_friday"]
@@ -334,9 +340,12 @@ def test_rule_stage_answers_exactly_what_the_rule_chain_answers(case):
     chain = RuleChain.from_config(cfg.rules, cfg.diversity)
     ctx = RuleContext(dt.datetime(2024, 11, 1, tzinfo=UTC))
     want, want_fired = chain.apply(cands, ctx, k)
-    got, fired, acted = RuleStage(chain).apply(cands, ctx, k)
+    got, fired, acted, steps = RuleStage(chain).apply(cands, ctx, k)
     assert got.ids.tolist() == want.ids.tolist() and got.scores.tolist() == want.scores.tolist()
     assert fired == want_fired and len(acted) == len(got)
+    # every top-item override is attributed to a rule that fired (serving/overrides.py RuleStep)
+    rec = OverrideTracker().record(cands, got, fired, k, steps=steps)
+    assert set(rec.overridden_by) <= set(fired) and bool(rec.overridden_by) == rec.top1_changed
     old = dict(zip(cands.ids.tolist(), cands.scores.tolist()))
     reweights = {r.name for r in chain.rules if r.kind == "reweight"}
     pins = {r.name: r.config.item for r in chain.rules if r.kind == "reorder"}

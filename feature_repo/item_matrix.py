@@ -1,7 +1,11 @@
 """The candidate fast path: item features as columns in memory, refreshed from the online store.
 
-Where it sits: retrieval returns a few hundred candidate item ids per
-request -> **ItemFeatureMatrix.take(ids)** -> ranking / rules. Fetching 100
+Where it sits: export writes one into each bundle with a ranker (the ranking
+service's numeric item fields as of the bundle's as-of instant,
+`pipelines/export_ranking.py`); retrieval returns a few hundred candidate
+item ids per request -> **the matrix, gathered by catalog row** -> ranking
+(`serving/ranking.py`). It lives in the feature layer because both the
+pipelines that write it and the serving that reads it use it. Fetching 100
 entities through Feast's SDK costs 13-16 ms p50 here (about 20x a raw read of
 the same rows), so serving must not read candidate features row by row
 through it. The matrix is filled from the same online store in bulk (a

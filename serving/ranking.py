@@ -1,0 +1,347 @@
+"""The learned ranker at serve time: purchase probability of each candidate, from the features it was trained on.
+
+Where it sits: retrieve (`serving/sources.py`) -> **rank** -> rules -> diversity
+(`serving/pipeline.py`). Built once per bundle from `<bundle>/ranking/`
+(written by `pipelines/export_ranking.py`); :class:`LearnedRanker` implements
+the pipeline's `Ranker` hook.
+
+Per request, the m candidates' feature matrix [m, F] in the model's column order:
+
+* **user** (`user_purchase_stats`, `user_profile`, `user_purchase_windows`):
+  the shopper's online features, read once through Feast by the features
+  stage (:class:`serving.features.OnlineUserFeatures`, which reads these
+  views as well when the bundle has a ranker);
+* **item** (`item_purchase_stats`, `item_activity_windows`, `item_content`):
+  gathered from the bundle's :class:`feature_repo.item_matrix.ItemFeatureMatrix` by
+  catalog row (the fast path: Feast's SDK for 500 items costs 60-110 ms);
+* **user x item, user x category** (`user_item_history`,
+  `user_category_history`): read online through the Feast provider's
+  `online_read` (the SDK's per-row response building is what makes it
+  slow) for the pairs that can have a row: those with a row at the bundle's
+  as-of instant (`pairs.parquet`, `category_pairs.parquet`) and the
+  session's items and their categories. Every other pair has no row, which
+  training reads as missing too. So a pair formed after the export, outside
+  the session, is not read until the next export (an item bought since
+  then, in an earlier session, scores as not bought);
+* **request time** (the on-demand views `request_features`,
+  `ranking_request_features`): the arithmetic the views themselves call
+  (`feature_repo/request_time.py`), on the columns as NumPy arrays, with the
+  request time as `request_ts`;
+* **source scores** (`names.SOURCE_SCORES`): item-kNN, EASE and the two
+  repeat scores from the bundle's `scores/` state, with the repeat weights
+  decayed from the bundle's as-of instant to the request time.
+
+Missing values take the training fill (`spec.json`), as
+`pipelines/build_ranking_dataset.ranking_features` fills training rows; the
+test `tests/serving/test_ranking.py` checks the matrix equals the training
+rows' features for the same users at the same instant. The score is the
+model's probability (sigmoid of its logit): positive, so the rules'
+multiplicative re-weighting keeps its meaning.
+
+A request without user features (anonymous, unknown user, store down) keeps
+the retrieval order: the model was trained on customers with a history only.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from feature_repo import definitions, request_time
+from feature_repo import names as n
+from serving.candidates import Candidates
+from feature_repo.item_matrix import ItemFeatureMatrix
+from serving.sources import ROW, Catalog, Query
+
+RANKING_DIR = "ranking"
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+SECONDS_PER_DAY = 86400.0
+#: views by what keys them
+USER_VIEWS = ("user_purchase_stats", "user_profile", "user_purchase_windows")
+PAIR_VIEW, CATEGORY_VIEW = "user_item_history", "user_category_history"
+
+
+class RankerWiringError(ValueError):
+    """A bundle's ranker that cannot be served (names the file and what is wrong)."""
+
+
+def _numeric(field) -> bool:
+    kind = str(field.dtype)
+    return any(k in kind for k in ("Int", "Float", "Bool")) and "Array" not in kind
+
+
+def _projections() -> dict[str, Any]:
+    return {p.name: p for p in definitions.ranking_v1.feature_view_projections}
+
+
+def user_refs() -> list[str]:
+    """`view:feature` references of the numeric user fields the ranker reads (added to the user lookup)."""
+    views = _projections()
+    return [f"{v}:{f.name}" for v in USER_VIEWS for f in views[v].features if _numeric(f)]
+
+
+#: the on-demand views' arithmetic (feature_repo/request_time.py: the functions the views themselves call)
+ON_DEMAND = (request_time.request_features, request_time.ranking_request_features)
+
+
+def _value(v) -> Any:
+    """A Feast ValueProto as a Python scalar (None when unset)."""
+    kind = v.WhichOneof("val")
+    return None if kind is None or kind == "null_val" else getattr(v, kind)
+
+
+class ScoreState:
+    """Source scores of (user, candidate) pairs: what `pipelines.candidates.CandidateGenerator` computes offline.
+
+    Args:
+        directory: `<bundle>/ranking/scores`.
+        catalog: the bundle's catalog (maps catalog rows to score columns).
+        as_of: the bundle's as-of instant (the repeat weights' reference).
+        half_lives: {"repeat": days, "repeat_recent": days}.
+    """
+
+    def __init__(self, directory: Path, catalog: Catalog, as_of: pd.Timestamp, half_lives: dict[str, float]):
+        items = json.loads((directory / "items.json").read_text())
+        col = {item: j for j, item in enumerate(items)}
+        self.n = len(items)
+        self.col_of_row = np.fromiter((col.get(i, -1) for i in catalog.item_ids.tolist()), dtype=np.int64,
+                                      count=len(catalog))
+        parts = [np.load(directory / f"knn_{p}.npy", allow_pickle=False) for p in ("data", "indices", "indptr")]
+        self.knn = sp.csr_matrix(tuple(parts), shape=(self.n, self.n))
+        ease = directory / "ease.npy"
+        self.ease = np.load(ease, allow_pickle=False) if ease.is_file() else None
+        prof = pd.read_parquet(directory / "profiles.parquet")
+        users = prof[n.USER_ID].astype(str).to_numpy()
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
+        ends = np.r_[starts[1:], len(users)]
+        self.cols = prof["col"].to_numpy(np.int64)
+        self.w_long = prof["w_long"].to_numpy(np.float32)
+        self.w_recent = prof["w_recent"].to_numpy(np.float32)
+        self.span = {users[s]: (int(s), int(e)) for s, e in zip(starts, ends)}
+        self.as_of = pd.Timestamp(as_of).timestamp()
+        self.half_lives = half_lives
+
+    def _knn(self, cols: np.ndarray, w: np.ndarray | None, targets: np.ndarray) -> np.ndarray:
+        """sum over the user's items i (weights w, or 1) of w_i S[i, j], for each target column j.
+
+        What `profile @ S` computes offline, from the user's rows of S only (nothing the size of the
+        catalog per request): the products in float32, summed per target in the order of the user's items,
+        as scipy's sparse product sums them.
+        """
+        S = self.knn
+        lo, hi = S.indptr[cols], S.indptr[cols + 1]
+        counts = hi - lo
+        if counts.sum() == 0:
+            return np.zeros(len(targets), dtype=np.float32)
+        take = np.repeat(lo - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(counts.sum())
+        j = S.indices[take]
+        v = S.data[take] if w is None else (np.repeat(w, counts) * S.data[take]).astype(np.float32)
+        order = np.argsort(j, kind="stable")  # within a target, the user's items stay in order
+        j, v = j[order], v[order]
+        starts = np.flatnonzero(np.r_[True, j[1:] != j[:-1]])
+        uniq, sums = j[starts], np.add.reduceat(v, starts).astype(np.float32)
+        pos = np.minimum(np.searchsorted(uniq, targets), len(uniq) - 1)
+        return np.where(uniq[pos] == targets, sums[pos], np.float32(0.0)).astype(np.float32)
+
+    def scores(self, user_id: str, rows: np.ndarray, now: dt.datetime) -> dict[str, np.ndarray]:
+        """Every source score of `rows` (catalog rows) for `user_id` at `now`: name -> float32 (m,)."""
+        m = len(rows)
+        out = {name: np.zeros(m, dtype=np.float32) for name in n.SOURCE_SCORES}
+        span = self.span.get(user_id)
+        cand = np.where(np.asarray(rows) >= 0, self.col_of_row[np.maximum(rows, 0)], -1)
+        ok = cand >= 0
+        if span is None or not ok.any():
+            return out
+        s, e = span
+        cols = self.cols[s:e]
+        # decayed from the as-of instant to `now` (each line by the same factor, so the sums decay alike)
+        age = max(now.timestamp() - self.as_of, 0.0) / SECONDS_PER_DAY
+        w_long = (self.w_long[s:e] * 0.5 ** (age / self.half_lives["repeat"])).astype(np.float32)
+        w_recent = (self.w_recent[s:e] * 0.5 ** (age / self.half_lives["repeat_recent"])).astype(np.float32)
+        c = cand[ok]
+        out[n.KNN_SCORE][ok] = self._knn(cols, None, c)
+        out[n.KNN_RECENT_SCORE][ok] = self._knn(cols, w_long, c)
+        if self.ease is not None:
+            ones = sp.csr_matrix((np.ones(len(cols), np.float32), np.arange(len(cols)), [0, len(cols)]),
+                                 shape=(1, len(cols)))
+            out[n.EASE_SCORE][ok] = np.asarray(ones @ self.ease[np.ix_(cols, c)], dtype=np.float32).ravel()
+        pos = np.searchsorted(cols, c)
+        hit = (pos < len(cols)) & (cols[np.minimum(pos, len(cols) - 1)] == c)
+        for name, w in ((n.REPEAT_SCORE, w_long), (n.REPEAT_RECENT_SCORE, w_recent)):
+            vals = np.zeros(len(c), dtype=np.float32)
+            vals[hit] = w[pos[hit]]
+            out[name][ok] = vals
+        return out
+
+
+class PairReader:
+    """User x item and user x category rows from the online store through the Feast provider (no SDK response).
+
+    Args:
+        store: the Feast FeatureStore of the bundle.
+    """
+
+    def __init__(self, store):
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        self._key, self._value = EntityKey, Value
+        self.store = store
+        self.provider = store._get_provider()
+        views = _projections()
+        self.views = {name: store.get_feature_view(name) for name in (PAIR_VIEW, CATEGORY_VIEW)}
+        self.fields = {name: [f.name for f in views[name].features] for name in self.views}
+
+    def read(self, view: str, join_keys: Sequence[str], keys: Sequence[tuple[str, str]]) -> list[dict | None]:
+        """One dict of field -> value (None if missing) per key, or None for a key with no row."""
+        if not keys:
+            return []
+        V = self._value
+        protos = [self._key(join_keys=list(join_keys), entity_values=[V(string_val=a), V(string_val=b)])
+                  for a, b in keys]
+        got = self.provider.online_read(config=self.store.config, table=self.views[view], entity_keys=protos,
+                                        requested_features=self.fields[view])
+        return [None if values is None else {k: _value(v) for k, v in values.items()} for _, values in got]
+
+
+class LearnedRanker:
+    """The bundle's ranking model as the pipeline's `Ranker` (see the module docstring).
+
+    Args:
+        root: `<bundle>/ranking`.
+        catalog: the bundle's catalog.
+        categories: item id -> category (the bundle's item table).
+        pairs: the online reader of user x item / user x category rows
+            (None: no online store, every pair missing; tests only).
+        read: wraps each online read (the features stage's circuit breaker).
+
+    Raises:
+        RankerWiringError: a file is missing, or the model and its spec disagree.
+    """
+
+    requires: tuple[str, ...] = (ROW,)
+
+    def __init__(self, root: Path, catalog: Catalog, categories: dict[str, Any], pairs: PairReader | None,
+                 read: Callable[[Callable[[], Any]], Any] | None = None):
+        from models.ranking import load_stacked_scorer
+
+        root = Path(root)
+        try:
+            self.spec = json.loads((root / "spec.json").read_text())
+            self.features = list(self.spec["features"])
+            self.fill = np.array([self.spec["fill"][f] for f in self.features], dtype=np.float64)
+            self.items = ItemFeatureMatrix.load(root / "items")
+            self.model = load_stacked_scorer(str(root / "ranking_tower"), len(self.features))
+            self.state = ScoreState(root / "scores", catalog, pd.Timestamp(self.spec["as_of"]),
+                                    self.spec["half_life_days"])
+        except (OSError, KeyError, ValueError) as e:
+            raise RankerWiringError(f"{root}: {type(e).__name__}: {e}") from None
+        if list(self.items.item_ids) != catalog.item_ids.tolist():
+            raise RankerWiringError(f"{root / 'items'}: item rows differ from the catalog's")
+        self.catalog = catalog
+        self.pairs = pairs
+        self.read = read or (lambda fn: fn())
+        # float64 item columns by catalog row (the matrix's rows are the catalog's: checked above)
+        self.item_columns = {f: np.asarray(col, dtype=np.float64) for f, col in self.items.columns.items()}
+        views = _projections()
+        self.user_fields = [f.name for v in USER_VIEWS for f in views[v].features if _numeric(f)]
+        self.pair_fields = [f.name for f in views[PAIR_VIEW].features]
+        self.category_fields = [f.name for f in views[CATEGORY_VIEW].features]
+        # the category key of each row, as training joins it (items without one: "unknown")
+        self.category_keys = np.array([str(categories.get(i)) if categories.get(i) is not None else "unknown"
+                                       for i in catalog.item_ids.tolist()], dtype=object)
+        self.pair_rows, self.category_pairs = self._pair_keys(root, catalog)
+
+    @staticmethod
+    def _pair_keys(root: Path, catalog: Catalog) -> tuple[dict[str, np.ndarray], dict[str, frozenset]]:
+        """user -> catalog rows with a user x item row, user -> categories with a user x category row."""
+        try:
+            pairs = pd.read_parquet(root / "pairs.parquet")
+            cats = pd.read_parquet(root / "category_pairs.parquet")
+        except OSError as e:
+            raise RankerWiringError(f"{root}: {e}") from None
+        rows = pairs[n.ITEM_ID].map(catalog.row_of).fillna(-1).to_numpy(np.int64)
+        pairs = pairs.assign(_row=rows)[rows >= 0]
+        by_user = {u: g.to_numpy(np.int64) for u, g in pairs.groupby(n.USER_ID, sort=False)["_row"]}
+        by_cat = {u: frozenset(g.tolist()) for u, g in cats.groupby(n.USER_ID, sort=False)[n.CATEGORY_KEY]}
+        return by_user, by_cat
+
+    def score(self, candidates: Candidates, query: Query) -> np.ndarray:
+        """Purchase probabilities (m,) of the candidates; the retrieval scores for a shopper without features."""
+        if query.user_id is None or query.features is None or len(candidates) == 0:
+            return np.asarray(candidates.scores, dtype=np.float64)
+        x = self.matrix(np.asarray(candidates.column(ROW), dtype=np.int64), query)
+        logits = self.model(x.astype(np.float32))
+        return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+    def _known_rows(self, user_id: str, query: Query) -> np.ndarray:
+        """Catalog rows the shopper can have a user x item row for: one at the bundle's as-of instant, or in the
+        session."""
+        return np.concatenate([self.pair_rows.get(user_id, _NO_ROWS), np.asarray(query.cart, np.int64),
+                               np.asarray(query.viewed, np.int64)])
+
+    def _pair_rows(self, user_id: str, rows: np.ndarray, query: Query) -> np.ndarray:
+        """Positions of the candidates that can have a user x item row."""
+        return np.flatnonzero((rows >= 0) & np.isin(rows, self._known_rows(user_id, query)))
+
+    def raw(self, rows: np.ndarray, query: Query) -> dict[str, np.ndarray]:
+        """The unfilled ranking_v1 columns of the candidates at `rows`, float64 (NaN where a value is missing),
+        plus `request_ts`."""
+        m = len(rows)
+        user = str(query.user_id)
+        feats = query.features or {}
+        cols: dict[str, np.ndarray] = {}
+        for f in self.user_fields:
+            v = feats.get(f)
+            cols[f] = np.full(m, np.nan if v is None else float(v))
+        known = rows >= 0
+        safe = np.where(known, rows, 0)
+        for f, col in self.item_columns.items():
+            c = col[safe]
+            if not known.all():
+                c[~known] = np.nan
+            cols[f] = c
+        for f in (*self.pair_fields, *self.category_fields):
+            cols[f] = np.full(m, np.nan)
+        at = self._pair_rows(user, rows, query)
+        if self.pairs is not None and len(at):
+            items = self.catalog.item_ids[rows[at]].tolist()
+            got = self.read(lambda: self.pairs.read(PAIR_VIEW, [n.USER_ID, n.ITEM_ID], [(user, i) for i in items]))
+            for j, values in zip(at.tolist(), got):
+                if values:
+                    for f, v in values.items():
+                        cols[f][j] = np.nan if v is None else float(v)
+        # user x category rows exist for the categories of what the shopper bought (or has in the session)
+        keys = np.where(known, self.category_keys[safe], "unknown")
+        have = self.category_pairs.get(user, frozenset()) | set(self.category_keys[self._known_rows(user, query)].tolist())
+        wanted = sorted(have & set(keys.tolist()))
+        if self.pairs is not None and wanted:
+            got = self.read(lambda: self.pairs.read(CATEGORY_VIEW, [n.USER_ID, n.CATEGORY_KEY],
+                                                    [(user, c) for c in wanted]))
+            for c, values in zip(wanted, got):
+                if values:
+                    hit = keys == c
+                    for f, v in values.items():
+                        cols[f][hit] = np.nan if v is None else float(v)
+        cols[n.REQUEST_TS] = np.full(m, float(int(query.now.timestamp())))
+        return cols
+
+    def matrix(self, rows: np.ndarray, query: Query) -> np.ndarray:
+        """The model's input [m, F] (float64 before the model's float32 cast): raw columns, on-demand features,
+        source scores, missing values filled as in training."""
+        cols = self.raw(rows, query)
+        for fn in ON_DEMAND:
+            cols.update(fn(cols))
+        cols.update(self.state.scores(str(query.user_id), rows, query.now))
+        x = np.empty((len(rows), len(self.features)), dtype=np.float64)
+        for j, f in enumerate(self.features):
+            x[:, j] = cols[f]
+        bad = np.isnan(x)
+        if bad.any():
+            x[bad] = np.broadcast_to(self.fill, x.shape)[bad]
+        return x

@@ -1,0 +1,153 @@
+"""The learned ranker at serve time (serving/ranking.py) against the training rows: zero train / serve skew.
+
+On the synthetic shop's real bundle (real Feast repo, SQLite online store, the trained DCN ranker): for
+customers at the bundle's as-of instant, the feature matrix the ranker builds per request (online user and
+user x item reads, the bundle's item matrix, the on-demand views, the source scores) equals the features
+`pipelines/build_ranking_dataset.ranking_features` reads point in time through Feast for the same pairs, and
+the source scores `pipelines/candidates.CandidateGenerator` computes offline. Then: served scores are the
+model's probabilities, the repeat scores decay with the request time, and a failing online read keeps the
+retrieval order with a flag.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cartwise.bundle import current_bundle
+from feature_repo import names as n
+from pipelines.build_features import open_store
+from pipelines.build_ranking_dataset import ranking_features
+from pipelines.candidates import CandidateGenerator
+from serving.features import OnlineStoreUnavailable
+from serving.pipeline import FALLBACK_RANKING, Recommender
+from serving.ranking import LearnedRanker
+from serving.request import SessionContext
+from serving.sources import ROW
+
+USERS = 12
+RANDOM_ITEMS = 15  # per user, beside the training candidates: items they never bought, some in their categories
+
+
+@pytest.fixture(scope="module")
+def served(trained_shop):
+    cfg, events, items, _ = trained_shop
+    rec = Recommender.from_bundle_dir(current_bundle(cfg.work_dir / "bundles"))
+    return cfg, events, items, rec
+
+
+def test_bundle_ranker_is_served(served):
+    *_, rec = served
+    assert isinstance(rec.ranker, LearnedRanker)
+    assert set(rec.ranker.user_fields) <= set(rec.features.names)  # one lookup reads the ranker's user views too
+
+
+def test_served_features_equal_training_rows(served):
+    cfg, events, items, rec = served
+    ranker: LearnedRanker = rec.ranker
+    as_of = pd.Timestamp(ranker.spec["as_of"])
+    purchases = events[events[n.EVENT_TYPE] == n.PURCHASE]
+    customers = purchases[n.USER_ID].dropna().astype(str).value_counts()
+    # the heaviest buyers, some middling and some light ones
+    users = sorted(set(customers.index[:4]) | set(customers.index[len(customers) // 2:][:4])
+                   | set(customers.index[-4:]))[:USERS]
+    gen = CandidateGenerator(cfg.ranking.candidates, cfg.evaluation.popularity_days).fit(purchases, as_of)
+    pairs = gen.generate(users)
+    rng = np.random.default_rng(0)
+    extra = [(u, i) for u in users for i in rng.choice(rec.catalog.item_ids, RANDOM_ITEMS, replace=False)]
+    extra = pd.DataFrame(extra, columns=[n.USER_ID, n.ITEM_ID])
+    extra = pd.concat([extra, gen.score_pairs(extra[n.USER_ID].tolist(), extra[n.ITEM_ID].tolist())], axis=1)
+    pairs = pd.concat([pairs, extra], ignore_index=True).drop_duplicates([n.USER_ID, n.ITEM_ID])
+    categories = items.set_index(n.ITEM_ID)[n.CATEGORY].astype(str)
+    offline = ranking_features(open_store(cfg.work_dir / "feature_store"), pairs, as_of, categories)
+
+    checked = nonzero_pairs = 0
+    for user, rows in offline.groupby(n.USER_ID, sort=False):
+        query, flags, _ = rec.query(user, session=SessionContext(time=as_of.to_pydatetime()))
+        assert query.features is not None, flags
+        cat_rows = np.array([rec.catalog.row_of[i] for i in rows[n.ITEM_ID]], dtype=np.int64)
+        served_x = ranker.matrix(cat_rows, query).astype(np.float32)
+        expected = rows[ranker.features].to_numpy(dtype=np.float32)
+        for j, name in enumerate(ranker.features):
+            np.testing.assert_allclose(served_x[:, j], expected[:, j], rtol=2e-6, atol=1e-6,
+                                       err_msg=f"user {user}, feature {name}")
+        checked += len(rows)
+        nonzero_pairs += int((rows[n.UI_PURCHASES] > 0).sum())
+    assert checked >= USERS * RANDOM_ITEMS
+    assert nonzero_pairs > 0  # user x item rows were read online, not only missing ones compared
+
+
+def test_scores_are_the_models_probabilities_and_rank_the_list(served):
+    *_, rec = served
+    ranker: LearnedRanker = rec.ranker
+    user = str(rec.bundle.history[n.USER_ID].value_counts().index[0])
+    now = pd.Timestamp(ranker.spec["as_of"]).to_pydatetime()
+    out = rec.recommend(user, 10, session=SessionContext(time=now))
+    assert out.items and "fallback" not in " ".join(out.flags)
+    query, _, _ = rec.query(user, session=SessionContext(time=now))
+    rows = np.array([rec.catalog.row_of[i.item_id] for i in out.items], dtype=np.int64)
+    logits = ranker.model(ranker.matrix(rows, query).astype(np.float32))
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    if not rec.rules.chain.rules:
+        np.testing.assert_allclose([i.score for i in out.items], probs, rtol=1e-6)
+    assert all(0.0 < p < 1.0 for p in probs)
+
+
+def test_repeat_scores_decay_with_request_time(served):
+    *_, rec = served
+    ranker: LearnedRanker = rec.ranker
+    user = str(rec.bundle.history[n.USER_ID].value_counts().index[0])
+    rows = rec.catalog.users[user].rows[:5]
+    as_of = pd.Timestamp(ranker.spec["as_of"]).to_pydatetime()
+    half = ranker.spec["half_life_days"]["repeat_recent"]
+    now = ranker.state.scores(user, rows, as_of)
+    later = ranker.state.scores(user, rows, as_of + dt.timedelta(days=half))
+    assert (now[n.REPEAT_RECENT_SCORE] > 0).all()
+    np.testing.assert_allclose(later[n.REPEAT_RECENT_SCORE], now[n.REPEAT_RECENT_SCORE] * 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(later[n.KNN_SCORE], now[n.KNN_SCORE])  # binary profile: no decay
+
+
+def test_failed_online_read_keeps_retrieval_order_with_a_flag(served):
+    *_, rec = served
+    ranker: LearnedRanker = rec.ranker
+    user = str(rec.bundle.history[n.USER_ID].value_counts().index[0])
+
+    def down(_read):
+        raise OnlineStoreUnavailable("ConnectionError: store stopped")
+
+    saved = ranker.read
+    ranker.read = down
+    try:
+        out = rec.recommend(user, 5)
+    finally:
+        ranker.read = saved
+    assert FALLBACK_RANKING in out.flags
+    assert any("ranking: online features unavailable" in w for w in out.warnings)
+    assert out.items
+
+
+def test_shopper_without_features_keeps_retrieval_scores(served):
+    *_, rec = served
+    out = rec.recommend(None, 5, session=SessionContext(cart=[str(rec.catalog.item_ids[0])]))
+    cands, _ = rec.retriever.retrieve_within(rec.query(None, session=SessionContext(
+        cart=[str(rec.catalog.item_ids[0])]))[0], rec.config.retrieval.k, None)
+    assert out.items
+    retrieval = dict(zip(cands.ids.tolist(), cands.scores.tolist()))
+    for item in out.items:
+        if not item.rules:
+            assert item.score == pytest.approx(retrieval[item.item_id])
+    assert ROW in cands.columns
+
+
+def test_request_time_defaults_to_the_bundle_as_of_when_configured(served):
+    cfg, *_, rec = served
+    as_of = rec.bundle.manifest["as_of"]
+    live = rec.query("U002")[0].now
+    assert abs((live - dt.datetime.now(dt.timezone.utc)).total_seconds()) < 60  # default: the wall clock
+    replay = Recommender(rec.bundle, rec.features, config=rec.config.model_copy(update={
+        "serving": rec.config.serving.model_copy(update={"request_time": "bundle"})}))
+    assert replay.query("U002")[0].now == pd.Timestamp(as_of).to_pydatetime()
+    given = dt.datetime(2011, 5, 1, 12, tzinfo=dt.timezone.utc)
+    assert replay.query("U002", session=SessionContext(time=given))[0].now == given  # a request's own time wins
