@@ -9,10 +9,14 @@ up to the end of `evaluation.split_date`; the last `recency.window_days`
 before that cut-off weigh `recency.multiplier` times more, and a valuable
 purchase line up to `value_weight_cap` times more. With
 `objective.negatives_per_positive` > 0, sampled negatives (label 0) join them. Features come from
-Feast's `get_historical_features` (DuckDB offline store), so each row sees
-only snapshots stamped at or before its own timestamp.
+Feast's `get_historical_features` (DuckDB offline store, joining with ASOF joins:
+feature_repo/offline_store.py), so each row sees only snapshots stamped at or
+before its own timestamp.
 """
 from __future__ import annotations
+
+import contextlib
+import gc
 
 import numpy as np
 import pandas as pd
@@ -159,10 +163,27 @@ def join_point_in_time(store, entity_df: pd.DataFrame) -> tuple[pd.DataFrame, di
     # filter_by_created_timestamp: a value backfilled later (created after the row's time) is not visible
     out = store.get_historical_features(entity_df=entity_df, features=feature_refs(),
                                         filter_by_created_timestamp=True).to_df()
-    if len(out) != len(entity_df) or set(out[n.EVENT_ID]) != set(entity_df[n.EVENT_ID]):
-        raise RuntimeError(f"point-in-time join returned {len(out)} rows for {len(entity_df)} entity rows")
-    out = out.set_index(n.EVENT_ID).loc[entity_df[n.EVENT_ID]].reset_index()
+    ids = entity_df[n.EVENT_ID].to_numpy()
+    if len(out) == len(entity_df) and np.array_equal(out[n.EVENT_ID].to_numpy(), ids):
+        # already in order (the ASOF store keeps it): event_id first, as the reordering below puts it
+        if out.columns[0] != n.EVENT_ID:
+            out = out[[n.EVENT_ID] + [c for c in out.columns if c != n.EVENT_ID]]
+    else:
+        if len(out) != len(entity_df) or set(out[n.EVENT_ID]) != set(ids):
+            raise RuntimeError(f"point-in-time join returned {len(out)} rows for {len(entity_df)} entity rows")
+        out = out.set_index(n.EVENT_ID).loc[entity_df[n.EVENT_ID]].reset_index()
     return out, fill_missing(out)
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def fill_missing(df: pd.DataFrame) -> dict[str, int]:
@@ -173,7 +194,8 @@ def fill_missing(df: pd.DataFrame) -> dict[str, int]:
             continue
         if isinstance(value, list):
             missing = df[col].map(lambda v: v is None or (isinstance(v, float) and v != v))
-            df[col] = [list(v) if not m else [] for v, m in zip(df[col], missing)]
+            with _gc_paused():  # a list per row: the cyclic collector would rescan the heap many times over
+                df[col] = [list(v) if not m else [] for v, m in zip(df[col], missing)]
         else:
             missing = df[col].isna()
             df[col] = df[col].where(~missing, value).astype(object if isinstance(value, str) else type(value))

@@ -10,6 +10,10 @@ Oracle 2 reads the feature table itself, with backfilled rows injected
 with the latest event time among rows with event time <= t AND created
 time <= t. Any value written after t shows up as a mismatch; a dropped
 entity row as an id mismatch.
+
+The join runs on the offline store the pipeline uses (the ASOF store of
+feature_repo/offline_store.py; test_offline_store.py checks that it returns
+Feast's own DuckDB frame).
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from hypothesis import strategies as st
 from feature_repo import definitions, feature_tables
 from feature_repo import names as n
 from pipelines.build_dataset import join_point_in_time
-from pipelines.build_features import feature_store_yaml, write_tables
+from pipelines.build_features import ASOF_DUCKDB, feature_store_yaml, write_tables
 from pipelines.schema import conform_events, conform_items
 
 pytestmark = pytest.mark.integration
@@ -95,6 +99,7 @@ def test_join_matches_naive_oracles_and_keeps_every_row(repo, rows, ents, back):
         stats = pd.concat([stats, pd.DataFrame(extra).astype(stats.dtypes.to_dict())], ignore_index=True)
         stats.to_parquet(repo / "data" / "user_purchase_stats.parquet", index=False)
     store = FeatureStore(repo_path=str(repo))
+    assert store.config.offline_store.type == ASOF_DUCKDB  # the store the pipeline runs on
     store.apply(definitions.all_objects(repo / "data"))
 
     entity_df = pd.DataFrame(ents, columns=[n.USER_ID, n.ITEM_ID, "minute", "s"])
