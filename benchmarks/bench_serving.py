@@ -349,6 +349,7 @@ def _synthetic_ranker(root: Path, demo, ids, categories, history, as_of, rng) ->
 
     src = demo.bundle.root / "ranking"
     out = root / "ranking"
+    shutil.rmtree(out, ignore_errors=True)  # a previous run's
     (out / "scores").mkdir(parents=True)
     shutil.copytree(src / "ranking_tower", out / "ranking_tower")
     for name in ("spec.json", "training_summary.json"):

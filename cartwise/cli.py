@@ -114,6 +114,7 @@ def _serve(args):
     from serving.pipeline import Recommender
 
     from serving.hotswap import BundleSlot, CurrentWatcher
+    from serving.server import freeze_loaded_objects
 
     cfg = _config(args)
     bundles = cfg.work_dir / "bundles"
@@ -124,6 +125,7 @@ def _serve(args):
     watcher = CurrentWatcher(slot, interval=args.watch).start() if args.watch else None
     print(f"serving bundle {bundle.name} on http://{args.host or cfg.serving.host}:{args.port or cfg.serving.port}"
           + (f", watching {bundles / 'CURRENT'} every {args.watch}s" if watcher else ""))
+    freeze_loaded_objects()
     try:
         uvicorn.run(app, host=args.host or cfg.serving.host, port=args.port or cfg.serving.port, log_level="info")
     finally:

@@ -27,8 +27,13 @@ Per request, each stage taking and returning one :class:`Candidates`:
 3. **columns**: :class:`ItemColumns` gathers the candidate columns the later
    stages declare (`in_stock`, `margin`, `price`, `embedding`) from the
    bundle's arrays by catalog row: one NumPy gather each.
-4. **rank**: a :class:`Ranker` (default :class:`RetrievalScoreRanker`, the
-   merged retrieval score), then sorted.
+4. **rank**: a :class:`Ranker`, then sorted: the bundle's learned ranker
+   when it has one (`<bundle>/ranking/`, :class:`serving.ranking.LearnedRanker`:
+   purchase probability from the features the model was trained on; its user
+   features join stage 1's single lookup; a failed online read keeps the
+   retrieval order, flagged `fallback:ranking_features_unavailable`), else
+   :class:`RetrievalScoreRanker` (the merged retrieval score). A ranker given
+   to the constructor replaces either and is kept across hot swaps.
 5. **rules**: the bundle's `rules:` and `diversity:` as a
    :class:`serving.rules.RuleChain`; :class:`RuleStage` also records which
    rules acted on each served item.
@@ -414,7 +419,7 @@ class Recommender:
         bundle: a loaded, verified bundle.
         features: online user features (Feast).
         config: the serving sections to use (default: the bundle's own config.json).
-        ranker: the ranking stage (default: :class:`RetrievalScoreRanker`).
+        ranker: the ranking stage (default: the bundle's learned ranker, else :class:`RetrievalScoreRanker`).
         registry: Prometheus registry for the rule-override metrics (default:
             a private one; :attr:`registry` either way).
 
@@ -510,7 +515,7 @@ class Recommender:
             root: the bundle directory.
             features: an open online-store reader to reuse when it reads the
                 bundle's store and service (hot swaps keep the connection).
-            ranker: the ranking stage (default: retrieval scores).
+            ranker: the ranking stage (default: the bundle's learned ranker, else retrieval scores).
             registry: Prometheus registry for the override metrics.
 
         Raises:

@@ -12,6 +12,22 @@ import time
 import uvicorn
 
 
+def freeze_loaded_objects() -> None:
+    """Collect, then move every object alive now out of the garbage collector's reach (`gc.freeze`).
+
+    A loaded bundle holds millions of long-lived Python objects at 1M items
+    (catalog dictionaries, id strings); each full collection walks them all:
+    one 300 ms pause in a benchmark run at 1M items, a p99 of 110 ms instead
+    of ~15. Called once before a server starts serving; objects of bundles
+    hot-swapped in later stay tracked (freezing again would keep the old
+    bundle's reference cycles forever).
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def free_port() -> int:
     """A currently free TCP port on 127.0.0.1."""
     with socket.socket() as s:
@@ -38,6 +54,7 @@ class BackgroundServer:
         return f"http://{self.host}:{self.port}"
 
     def __enter__(self) -> "BackgroundServer":
+        freeze_loaded_objects()
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
