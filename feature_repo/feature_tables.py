@@ -310,9 +310,17 @@ def user_item_history(events: pd.DataFrame) -> pd.DataFrame:
     return out[cols].reset_index(drop=True)
 
 
+def category_keys(items: pd.DataFrame) -> pd.Series:
+    """item_id -> the join key of the user x category view: the item's category as text, "unknown" without one
+    (an item missing from `items` maps to NaN: callers fill "unknown" too). The table, the ranking rows and
+    serving (through the bundle's item table) key categories alike."""
+    cat = items.drop_duplicates(n.ITEM_ID).set_index(n.ITEM_ID)[n.CATEGORY]
+    return cat.where(cat.notna(), "unknown").astype(str)
+
+
 def user_category_history(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """How many times and how recently each customer bought or viewed in each category."""
-    cat = items.set_index(n.ITEM_ID)[n.CATEGORY].astype(object)
+    cat = category_keys(items)
     e = _with_flags(events[events[n.USER_ID].notna() & events[n.EVENT_TYPE].isin([n.PURCHASE, n.VIEW, n.CLICK])])
     cols = [n.USER_ID, n.CATEGORY_KEY, n.EVENT_TIMESTAMP, n.CREATED_TIMESTAMP, *n.USER_CATEGORY_FEATURES]
     if e.empty:

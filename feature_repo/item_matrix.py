@@ -26,6 +26,9 @@ import numpy as np
 from feature_repo import names as n
 
 _BATCH = 1000
+#: prefix of a column holding, per item, the event time (Unix seconds, NaN: none) of the row an expiring
+#: view's values came from (`pipelines/export_ranking.py` writes it, `serving/ranking.py` checks max ages)
+TS_PREFIX = "__event_unix:"
 
 
 class ItemFeatureMatrix:

@@ -31,6 +31,7 @@ import pandas as pd
 from cartwise.config import CartwiseConfig
 from feature_repo import definitions
 from feature_repo import names as n
+from feature_repo.feature_tables import category_keys
 from pipelines.build_dataset import fill_missing, train_cutoff
 from pipelines.build_features import open_store
 from pipelines.candidates import CandidateGenerator, candidate_recall
@@ -77,7 +78,8 @@ def ranking_features(store, pairs: pd.DataFrame, as_of: pd.Timestamp, categories
         store: the Feast store.
         pairs: user_id, item_id (+ any columns, kept).
         as_of: the cut-off; features are the snapshots stamped at or before it.
-        categories: item_id -> category (the join key of the user x category view).
+        categories: item_id -> category key (`feature_tables.category_keys`: the join key of the user x
+            category view).
 
     Returns:
         `pairs` with the feature columns, same rows and order; missing values filled as in training.
@@ -152,8 +154,7 @@ def ranking_rows(config: CartwiseConfig, store, purchases: pd.DataFrame, items: 
     """
     gen = CandidateGenerator(config.ranking.candidates, config.evaluation.popularity_days).fit(purchases, as_of)
     pairs = gen.generate(list(users), extra=extra)
-    categories = items.set_index(n.ITEM_ID)[n.CATEGORY].astype(str)
-    return ranking_features(store, pairs, as_of, categories), gen
+    return ranking_features(store, pairs, as_of, category_keys(items)), gen
 
 
 def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:

@@ -47,7 +47,7 @@ from pipelines.candidates import REPEAT_RECENT_HALF_LIFE_DAYS, CandidateGenerato
 from pipelines.manifest import read_json
 from pipelines.progress import Log, default_log, step
 from pipelines.train_ranking import SAVED_MODEL
-from feature_repo.item_matrix import ItemFeatureMatrix
+from feature_repo.item_matrix import TS_PREFIX, ItemFeatureMatrix
 
 STAGE = "export"
 RANKING_DIR = "ranking"
@@ -80,9 +80,30 @@ def item_matrix_as_of(store, item_ids: list[str], as_of: pd.Timestamp) -> ItemFe
         name = ref.split(":", 1)[1]
         col = out[name]
         if col.dtype == object or str(col.dtype) == "boolean":  # in_stock: True / False / None
-            col = col.map(lambda v: np.nan if v is None or (isinstance(v, float) and v != v) else float(v))
+            col = col.astype(object).map(lambda v: np.nan if pd.isna(v) else float(v))
         cols[name] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+    cols.update(row_times(store, item_ids, as_of))
     return ItemFeatureMatrix(item_ids, cols)
+
+
+def row_times(store, item_ids: list[str], as_of: pd.Timestamp) -> dict[str, np.ndarray]:
+    """For each item view with a ttl, the event time of the row the point-in-time join picked at `as_of` (the
+    latest with event and created time at or before it, read from the view's offline table), so serving can
+    treat a value older than the ttl at the request time as missing, as Feast would at that instant."""
+    out = {}
+    for name in ITEM_VIEWS:
+        view = store.get_feature_view(name)
+        if not view.ttl or view.ttl.total_seconds() <= 0:
+            continue
+        t = pd.read_parquet(view.batch_source.path, columns=[n.ITEM_ID, n.EVENT_TIMESTAMP, n.CREATED_TIMESTAMP])
+        ev = pd.to_datetime(t[n.EVENT_TIMESTAMP], utc=True)
+        cr = pd.to_datetime(t[n.CREATED_TIMESTAMP], utc=True)
+        seen = t[(ev <= as_of) & (cr <= as_of)]  # a row without a created time is never visible under the filter
+        last = pd.to_datetime(seen[n.EVENT_TIMESTAMP], utc=True).groupby(seen[n.ITEM_ID].astype(str)).max()
+        last = last[last >= as_of - view.ttl]  # older rows are outside the ttl at as_of already: no value
+        unix = last.map(lambda ts: ts.timestamp())
+        out[TS_PREFIX + name] = unix.reindex(item_ids).to_numpy(dtype=np.float64)
+    return out
 
 
 def fill_values(features: list[str]) -> dict[str, float]:

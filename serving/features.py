@@ -222,6 +222,8 @@ class OnlineUserFeatures:
         self._max_age = max_age
         self.reader = OnlineFeatureReader(self.store, self.service, max_age)
         self.names = [feat for _, feat in self.reader.pairs]
+        #: the service's own features (`with_refs` adds others, e.g. the ranker's user views)
+        self.query_names = list(self.names)
         self.last_stale: list[str] = []
 
     def get(self, user_id: str, now: dt.datetime | None = None) -> dict[str, float] | None:
@@ -233,7 +235,7 @@ class OnlineUserFeatures:
         got = self._read([{n.USER_ID: user_id}], now)
         self.last_stale = got.stale
         values = got.rows[0]
-        if all(v is None for v in values.values()):
+        if all(values.get(name) is None for name in self.query_names):  # judged on the service's own features
             return None
         return {k: float(v) if v is not None else 0.0 for k, v in values.items()}
 
@@ -243,9 +245,12 @@ class OnlineUserFeatures:
     def guarded(self, read: Callable[[], Any]) -> Any:
         """Run one online-store read behind the circuit breaker (also the ranker's user x item reads).
 
+        `read` raises OnlineStoreUnavailable for a store failure (counted by
+        the breaker); anything else it raises is a bug, passed on as it is and
+        not counted against the store.
+
         Raises:
-            OnlineStoreUnavailable: the breaker is open (at once), or `read` raised anything else
-                (wrapped, and counted by the breaker as a failure).
+            OnlineStoreUnavailable: the breaker is open (at once), or `read` raised it.
         """
         if not self.breaker.allow():
             raise self.breaker.refusal()
@@ -254,9 +259,6 @@ class OnlineUserFeatures:
         except OnlineStoreUnavailable as exc:
             self.breaker.failed(str(exc))
             raise
-        except Exception as exc:  # a raw provider read: any store failure is a fallback, never a 5xx
-            self.breaker.failed(f"{type(exc).__name__}: {exc}")
-            raise OnlineStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
             self.breaker.released()
             raise

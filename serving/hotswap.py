@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 
 from cartwise.bundle import CURRENT, BundleError
 from serving.pipeline import Recommender
+from serving.server import refreeze_after_swap
 
 log = logging.getLogger("cartwise.serving")
 
@@ -146,6 +147,9 @@ class BundleSlot:
                 log.warning("old bundle %s still had %d requests after %.0fs", old_version, old.in_flight,
                             self.drain_timeout)
             result = SwapResult(True, old_version, new.version, time.perf_counter() - t0, drained=drained)
+            if drained:
+                old = None  # the last reference this slot holds
+                refreeze_after_swap()
             log.info("swapped bundle %s -> %s in %.2fs", old_version, new.version, result.seconds)
             self.swaps.append(result)
             return result

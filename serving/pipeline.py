@@ -489,7 +489,7 @@ class Recommender:
         try:
             pairs = PairReader(store) if store is not None else None
             ranker = LearnedRanker(root, self.catalog, self.categories, pairs,
-                                   read=getattr(self.features, "guarded", None))
+                                   read=getattr(self.features, "guarded", None), max_age=_max_ages(self.bundle.root))
         except RankerWiringError as e:
             raise PipelineWiringError(f"{where}: ranker: {e}") from None
         if hasattr(self.features, "with_refs"):

@@ -55,7 +55,8 @@ import scipy.sparse as sp
 from feature_repo import definitions, request_time
 from feature_repo import names as n
 from serving.candidates import Candidates
-from feature_repo.item_matrix import ItemFeatureMatrix
+from feature_repo.item_matrix import TS_PREFIX, ItemFeatureMatrix
+from serving.features import OnlineStoreUnavailable
 from serving.sources import ROW, Catalog, Query
 
 RANKING_DIR = "ranking"
@@ -87,6 +88,10 @@ def user_refs() -> list[str]:
 
 #: the on-demand views' arithmetic (feature_repo/request_time.py: the functions the views themselves call)
 ON_DEMAND = (request_time.request_features, request_time.ranking_request_features)
+
+
+def _missing(value) -> bool:
+    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
 
 
 def _value(v) -> Any:
@@ -209,8 +214,11 @@ class PairReader:
         V = self._value
         protos = [self._key(join_keys=list(join_keys), entity_values=[V(string_val=a), V(string_val=b)])
                   for a, b in keys]
-        got = self.provider.online_read(config=self.store.config, table=self.views[view], entity_keys=protos,
-                                        requested_features=self.fields[view])
+        try:
+            got = self.provider.online_read(config=self.store.config, table=self.views[view], entity_keys=protos,
+                                            requested_features=self.fields[view])
+        except Exception as exc:  # the store failed: a fallback (OnlineUserFeatures.guarded counts it), never a 5xx
+            raise OnlineStoreUnavailable(f"{view}: {type(exc).__name__}: {exc}") from exc
         return [None if values is None else {k: _value(v) for k, v in values.items()} for _, values in got]
 
 
@@ -224,6 +232,8 @@ class LearnedRanker:
         pairs: the online reader of user x item / user x category rows
             (None: no online store, every pair missing; tests only).
         read: wraps each online read (the features stage's circuit breaker).
+        max_age: per view, the oldest value served (`features.max_age_hours`; default: the view's TTL),
+            applied to the item matrix's expiring views at the request time.
 
     Raises:
         RankerWiringError: a file is missing, or the model and its spec disagree.
@@ -232,7 +242,8 @@ class LearnedRanker:
     requires: tuple[str, ...] = (ROW,)
 
     def __init__(self, root: Path, catalog: Catalog, categories: dict[str, Any], pairs: PairReader | None,
-                 read: Callable[[Callable[[], Any]], Any] | None = None):
+                 read: Callable[[Callable[[], Any]], Any] | None = None,
+                 max_age: dict[str, dt.timedelta] | None = None):
         from models.ranking import load_stacked_scorer
 
         root = Path(root)
@@ -244,32 +255,52 @@ class LearnedRanker:
             self.model = load_stacked_scorer(str(root / "ranking_tower"), len(self.features))
             self.state = ScoreState(root / "scores", catalog, pd.Timestamp(self.spec["as_of"]),
                                     self.spec["half_life_days"])
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, TypeError) as e:
             raise RankerWiringError(f"{root}: {type(e).__name__}: {e}") from None
         if list(self.items.item_ids) != catalog.item_ids.tolist():
             raise RankerWiringError(f"{root / 'items'}: item rows differ from the catalog's")
+        lacking = [h for h in ("repeat", "repeat_recent") if not isinstance(self.spec["half_life_days"].get(h),
+                                                                           (int, float))]
+        if lacking:
+            raise RankerWiringError(f"{root / 'spec.json'}: half_life_days lacks {lacking}")
         self.catalog = catalog
         self.pairs = pairs
         self.read = read or (lambda fn: fn())
         # float64 item columns by catalog row (the matrix's rows are the catalog's: checked above)
-        self.item_columns = {f: np.asarray(col, dtype=np.float64) for f, col in self.items.columns.items()}
+        self.item_columns = {f: np.asarray(col, dtype=np.float64) for f, col in self.items.columns.items()
+                             if not f.startswith(TS_PREFIX)}
+        # views whose values expire: the event time of each item's row, the view's fields, its maximum age
+        views = _projections()
+        self.expiring = []
+        for f, col in self.items.columns.items():
+            if f.startswith(TS_PREFIX):
+                view = f[len(TS_PREFIX):]
+                limit = (max_age or {}).get(view) or getattr(definitions, view).ttl
+                fields = [x.name for x in views[view].features if x.name in self.item_columns]
+                self.expiring.append((np.asarray(col, dtype=np.float64), fields, limit.total_seconds()))
         views = _projections()
         self.user_fields = [f.name for v in USER_VIEWS for f in views[v].features if _numeric(f)]
         self.pair_fields = [f.name for f in views[PAIR_VIEW].features]
         self.category_fields = [f.name for f in views[CATEGORY_VIEW].features]
         # the category key of each row, as training joins it (items without one: "unknown")
-        self.category_keys = np.array([str(categories.get(i)) if categories.get(i) is not None else "unknown"
+        self.category_keys = np.array(["unknown" if _missing(categories.get(i)) else str(categories.get(i))
                                        for i in catalog.item_ids.tolist()], dtype=object)
         self.pair_rows, self.category_pairs = self._pair_keys(root, catalog)
+        computed = {*self.user_fields, *self.items.columns, *self.pair_fields, *self.category_fields,
+                    *n.SOURCE_SCORES, *(f.name for fn in ("request_features", n.RANKING_REQUEST_VIEW)
+                                         for f in _projections()[fn].features)}
+        unknown = [f for f in self.features if f not in computed]
+        if unknown:
+            raise RankerWiringError(f"{root / 'spec.json'}: the model reads {unknown}, which serving does not compute")
 
     @staticmethod
     def _pair_keys(root: Path, catalog: Catalog) -> tuple[dict[str, np.ndarray], dict[str, frozenset]]:
         """user -> catalog rows with a user x item row, user -> categories with a user x category row."""
         try:
-            pairs = pd.read_parquet(root / "pairs.parquet")
-            cats = pd.read_parquet(root / "category_pairs.parquet")
-        except OSError as e:
-            raise RankerWiringError(f"{root}: {e}") from None
+            pairs = pd.read_parquet(root / "pairs.parquet", columns=[n.USER_ID, n.ITEM_ID])
+            cats = pd.read_parquet(root / "category_pairs.parquet", columns=[n.USER_ID, n.CATEGORY_KEY])
+        except (OSError, KeyError, ValueError) as e:
+            raise RankerWiringError(f"{root}: pair keys: {type(e).__name__}: {e}") from None
         rows = pairs[n.ITEM_ID].map(catalog.row_of).fillna(-1).to_numpy(np.int64)
         pairs = pairs.assign(_row=rows)[rows >= 0]
         by_user = {u: g.to_numpy(np.int64) for u, g in pairs.groupby(n.USER_ID, sort=False)["_row"]}
@@ -311,6 +342,12 @@ class LearnedRanker:
             if not known.all():
                 c[~known] = np.nan
             cols[f] = c
+        now = query.now.timestamp()
+        for times, fields, limit in self.expiring:  # older than the view's max age at the request: missing
+            stale = (now - times[safe]) > limit
+            if stale.any():
+                for f in fields:
+                    cols[f][stale] = np.nan
         for f in (*self.pair_fields, *self.category_fields):
             cols[f] = np.full(m, np.nan)
         at = self._pair_rows(user, rows, query)

@@ -8,9 +8,11 @@ every response must equal, item for item, what its own version answers.
 """
 from __future__ import annotations
 
+import gc
 import shutil
 import threading
 import time
+import weakref
 
 import httpx
 import numpy as np
@@ -23,7 +25,7 @@ from pipelines import export, train_retrieval
 from serving.app import create_app
 from serving.hotswap import BundleSlot, CurrentWatcher
 from serving.pipeline import Recommender
-from serving.server import BackgroundServer
+from serving.server import BackgroundServer, freeze_loaded_objects
 from tests.conftest import SMALL, quiet
 from tests.shop_copy import copy_shop
 
@@ -217,3 +219,19 @@ def test_rollback_points_current_back(two_bundles, capsys):
     assert main(["rollback", "--config", str(cfg.base_dir / "cartwise.yaml")]) == 0
     assert f"{bv} -> {a}" in capsys.readouterr().out and b.current_version(bundles) == a
     b.point_current(bundles, bv)
+
+
+def test_a_swap_frees_the_old_bundle_even_when_objects_were_frozen(two_bundles):
+    """`cartwise serve` freezes what is loaded before serving (gc.freeze); a swap must not keep the old
+    bundle alive in the frozen generation (serving.server.refreeze_after_swap)."""
+    _, bundles, a, bv, _, _ = two_bundles
+    slot = BundleSlot(Recommender.from_bundle_dir(bundles / a), bundles_dir=bundles)
+    old = weakref.ref(slot.current)
+    freeze_loaded_objects()
+    try:
+        assert gc.get_freeze_count() > 0
+        assert slot.reload(bundles / bv).ok
+        assert old() is None
+        assert gc.get_freeze_count() > 0  # the new bundle's objects are frozen again
+    finally:
+        gc.unfreeze()

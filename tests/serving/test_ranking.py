@@ -17,7 +17,9 @@ import pandas as pd
 import pytest
 
 from cartwise.bundle import current_bundle
+from feature_repo import definitions
 from feature_repo import names as n
+from feature_repo.feature_tables import category_keys
 from pipelines.build_features import open_store
 from pipelines.build_ranking_dataset import ranking_features
 from pipelines.candidates import CandidateGenerator
@@ -60,8 +62,7 @@ def test_served_features_equal_training_rows(served):
     extra = pd.DataFrame(extra, columns=[n.USER_ID, n.ITEM_ID])
     extra = pd.concat([extra, gen.score_pairs(extra[n.USER_ID].tolist(), extra[n.ITEM_ID].tolist())], axis=1)
     pairs = pd.concat([pairs, extra], ignore_index=True).drop_duplicates([n.USER_ID, n.ITEM_ID])
-    categories = items.set_index(n.ITEM_ID)[n.CATEGORY].astype(str)
-    offline = ranking_features(open_store(cfg.work_dir / "feature_store"), pairs, as_of, categories)
+    offline = ranking_features(open_store(cfg.work_dir / "feature_store"), pairs, as_of, category_keys(items))
 
     checked = nonzero_pairs = 0
     for user, rows in offline.groupby(n.USER_ID, sort=False):
@@ -151,3 +152,41 @@ def test_request_time_defaults_to_the_bundle_as_of_when_configured(served):
     assert replay.query("U002")[0].now == pd.Timestamp(as_of).to_pydatetime()
     given = dt.datetime(2011, 5, 1, 12, tzinfo=dt.timezone.utc)
     assert replay.query("U002", session=SessionContext(time=given))[0].now == given  # a request's own time wins
+
+
+def test_item_window_values_expire_at_the_request_time_as_online(served):
+    """The item matrix is read at the as-of instant; at a later request time a value older than its view's
+    ttl is missing (the fill value), as Feast's online store read with staleness would give it."""
+    *_, rec = served
+    ranker: LearnedRanker = rec.ranker
+    user = str(rec.bundle.history[n.USER_ID].value_counts().index[0])
+    rows = np.arange(min(200, len(rec.catalog)), dtype=np.int64)
+    as_of = pd.Timestamp(ranker.spec["as_of"]).to_pydatetime()
+    windows = [f.name for f in definitions.item_activity_windows.features if f.name in ranker.features]
+    stats = [f for f in ("item_purchase_count", "item_buyer_count") if f in ranker.features]
+    assert windows and stats
+    idx = {f: ranker.features.index(f) for f in windows + stats}
+    at = {}
+    for label, when in (("as_of", as_of), ("later", as_of + dt.timedelta(days=400))):
+        query, _, _ = rec.query(user, session=SessionContext(time=when))
+        at[label] = ranker.matrix(rows, query)
+    fill = dict(zip(ranker.features, ranker.fill))
+    assert any((at["as_of"][:, idx[f]] != fill[f]).any() for f in windows)  # there were values to expire
+    for f in windows:  # every row is older than the 31-day ttl 400 days later
+        np.testing.assert_array_equal(at["later"][:, idx[f]], fill[f], err_msg=f)
+    for f in stats:  # no ttl: unchanged
+        np.testing.assert_array_equal(at["later"][:, idx[f]], at["as_of"][:, idx[f]], err_msg=f)
+
+
+def test_a_bug_in_the_rankers_read_is_not_taken_for_a_store_outage(served):
+    """Only OnlineStoreUnavailable counts against the shared circuit breaker; another exception is a bug."""
+    *_, rec = served
+    breaker = rec.features.breaker
+    before = breaker.state
+
+    def buggy():
+        raise TypeError("a bug, not the store")
+
+    with pytest.raises(TypeError):
+        rec.features.guarded(buggy)
+    assert breaker.state == before == "closed"
