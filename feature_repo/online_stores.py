@@ -15,9 +15,11 @@ both stores agree (the parity suite in tests/feature_repo runs on both).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from typing import Any, Callable, Literal
 
 from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig, _quote_id, _table_id
 
 _CHUNK = 500
@@ -76,6 +78,37 @@ class OrderedSqliteOnlineStore(SqliteOnlineStore):
         super().online_write_batch(config, table, kept, None)
         if progress:
             progress(len(data))
+
+    def online_read(self, config, table, entity_keys, requested_features=None):
+        """Feast's SQLite read, with the same rows, values and event times, but each entity's event time
+        parsed once instead of every feature value's through sqlite3's timestamp converter (the converter
+        was about half of a read's cost with 7 features per row: the ranker's user x item reads).
+
+        Returns:
+            One (event time, {feature: ValueProto}) per key in order, (None, None) for a key without a
+            row; the event time is the last stored row's, in UTC, as Feast returns it.
+        """
+        conn = self._get_conn(config)
+        keys = [serialize_entity_key(k, entity_key_serialization_version=config.entity_key_serialization_version)
+                for k in entity_keys]
+        name = _quote_id(_table_id(config.project, table, config.registry.enable_online_feature_view_versioning))
+        rows = conn.execute(f"SELECT entity_key, feature_name, value, CAST(event_ts AS TEXT) FROM {name} "
+                            f"WHERE entity_key IN ({','.join('?' * len(keys))}) ORDER BY entity_key", keys).fetchall()
+        grouped = {k: list(g) for k, g in itertools.groupby(rows, key=lambda r: r[0])}
+        result = []
+        for key in keys:
+            group = grouped.get(key)
+            if not group:
+                result.append((None, None))
+                continue
+            values = {}
+            for _, feature, blob, _ in group:
+                v = ValueProto()
+                v.ParseFromString(blob)
+                values[feature] = v
+            ts = _parse(group[-1][3])
+            result.append((ts.replace(tzinfo=dt.timezone.utc) if ts is not None else None, values))
+        return result
 
     def _stored_event_times(self, config, table, keys: set[bytes]) -> dict[bytes, dt.datetime]:
         conn = self._get_conn(config)

@@ -153,3 +153,45 @@ def test_item_matrix_matches_the_sdk_and_survives_save_and_load(store, tmp_path)
     again = ItemFeatureMatrix.load(tmp_path / "matrix").take(ask)
     assert list(again[n.CATEGORY]) == list(got[n.CATEGORY])
     assert np.allclose(again[n.PRICE], got[n.PRICE], equal_nan=True)
+
+
+def test_ordered_sqlite_read_returns_what_feasts_sqlite_read_returns(tmp_path):
+    """OrderedSqliteOnlineStore.online_read (event time parsed once per entity) == Feast's SqliteOnlineStore
+    read on the same table: values, event times (UTC) and missing keys, for composite and single keys."""
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from feature_repo.online_stores import OrderedSqliteOnlineStore
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "feature_store.yaml").write_text(yaml.safe_dump(feature_store_yaml(tmp_path, None)))
+    events, items = make_shop(n_users=30, n_items=20, purchases_per_user=10)
+    write_tables(events, items, tmp_path / "data", log=lambda m: None)
+    fs = FeatureStore(repo_path=str(tmp_path))
+    fs.apply(definitions.all_objects(tmp_path / "data"))
+    fs.materialize(start_date=dt.datetime(2010, 12, 1, tzinfo=dt.timezone.utc),
+                   end_date=dt.datetime(2011, 12, 1, tzinfo=dt.timezone.utc))
+    provider = fs._get_provider()
+    store = provider.online_store
+    assert isinstance(store, OrderedSqliteOnlineStore)
+    users = sorted(events[n.USER_ID].dropna().astype(str).unique())
+    item_ids = sorted(items[n.ITEM_ID].astype(str).unique())
+    cases = {
+        n.USER_ITEM_VIEW: [EntityKey(join_keys=[n.USER_ID, n.ITEM_ID], entity_values=[Value(string_val=u),
+                                                                                     Value(string_val=i)])
+                           for u in users[:10] for i in item_ids] + [
+            EntityKey(join_keys=[n.USER_ID, n.ITEM_ID], entity_values=[Value(string_val="nobody"),
+                                                                       Value(string_val=item_ids[0])])],
+        n.USER_STATS_VIEW: [EntityKey(join_keys=[n.USER_ID], entity_values=[Value(string_val=u)])
+                            for u in [*users, "nobody"]],
+    }
+    for view, keys in cases.items():
+        fv = fs.get_feature_view(view)
+        ours = store.online_read(fs.config, fv, keys)
+        feasts = SqliteOnlineStore.online_read(store, fs.config, fv, keys)
+        assert len(ours) == len(feasts) == len(keys)
+        assert sum(v is not None for _, v in ours) > 0 and ours[-1] == (None, None)
+        for (ts_a, va), (ts_b, vb) in zip(ours, feasts):
+            assert ts_a == ts_b and (ts_a is None or ts_a.tzinfo is not None)
+            assert va == vb
