@@ -38,9 +38,14 @@ def store(request, tmp_path):
         online = {"type": "redis", "connection_string": url}
     else:
         online = None  # the default: feature_repo.online_stores.OrderedSqliteOnlineStore
+    return shop_repo(tmp_path, online, n_users=40, n_items=30, purchases_per_user=12)
+
+
+def shop_repo(tmp_path, online: dict | None, **shop):
+    """A Feast repo in `tmp_path` with a synthetic shop's tables applied: (store, events, items)."""
     (tmp_path / "data").mkdir()
     (tmp_path / "feature_store.yaml").write_text(yaml.safe_dump(feature_store_yaml(tmp_path, online)))
-    events, items = make_shop(n_users=40, n_items=30, purchases_per_user=12)
+    events, items = make_shop(**shop)
     write_tables(events, items, tmp_path / "data", log=lambda m: None)
     fs = FeatureStore(repo_path=str(tmp_path))
     fs.apply(definitions.all_objects(tmp_path / "data"))
@@ -164,12 +169,7 @@ def test_ordered_sqlite_read_returns_what_feasts_sqlite_read_returns(tmp_path):
 
     from feature_repo.online_stores import OrderedSqliteOnlineStore
 
-    (tmp_path / "data").mkdir()
-    (tmp_path / "feature_store.yaml").write_text(yaml.safe_dump(feature_store_yaml(tmp_path, None)))
-    events, items = make_shop(n_users=30, n_items=20, purchases_per_user=10)
-    write_tables(events, items, tmp_path / "data", log=lambda m: None)
-    fs = FeatureStore(repo_path=str(tmp_path))
-    fs.apply(definitions.all_objects(tmp_path / "data"))
+    fs, events, items = shop_repo(tmp_path, None, n_users=30, n_items=20, purchases_per_user=10)
     fs.materialize(start_date=dt.datetime(2010, 12, 1, tzinfo=dt.timezone.utc),
                    end_date=dt.datetime(2011, 12, 1, tzinfo=dt.timezone.utc))
     provider = fs._get_provider()
