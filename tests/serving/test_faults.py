@@ -45,7 +45,7 @@ from pipelines.layout import Layout
 from serving.app import create_app
 from serving.features import REDIS_SERVING_TIMEOUTS, CircuitBreaker, OnlineStoreUnavailable
 from serving.hotswap import BundleSlot
-from serving.pipeline import FALLBACK_STORE, Recommender
+from serving.pipeline import FALLBACK_RANKING, FALLBACK_STORE, Recommender
 from serving.server import BackgroundServer
 from tests.conftest import quiet
 from tests.shop_copy import copy_shop
@@ -215,6 +215,8 @@ def test_redis_killed_mid_run_every_request_falls_back_then_recovers(redis_serve
     assert re.fullmatch(r"U+F+U+", pattern), pattern
     for user, flags, sources in load.answers:
         assert len(sources) == K, (user, flags, sources)
+        if flags == (FALLBACK_RANKING,):  # the store died between the user read and the ranker's own reads:
+            continue                      # personal candidates in retrieval order, flagged (serving/ranking.py)
         if flags:
             assert flags == (FALLBACK_STORE,) and "two_tower" not in sources, (user, flags, sources)
         else:
