@@ -193,9 +193,11 @@ def fill_missing(df: pd.DataFrame) -> dict[str, int]:
         if col not in df.columns:
             continue
         if isinstance(value, list):
-            missing = df[col].map(lambda v: v is None or (isinstance(v, float) and v != v))
-            with _gc_paused():  # a list per row: the cyclic collector would rescan the heap many times over
-                df[col] = [list(v) if not m else [] for v, m in zip(df[col], missing)]
+            missing = df[col].isna()  # None or NaN; a sequence is never missing
+            # present values stay as Feast returned them (NumPy arrays, as a parquet round trip gives them
+            # back: converting each to a list of scalars cost ~0.45 s of a 2 s training-set build)
+            with _gc_paused():  # an object per row: the cyclic collector would rescan the heap many times over
+                df[col] = [[] if m else v for v, m in zip(df[col].tolist(), missing.tolist())]
         else:
             missing = df[col].isna()
             df[col] = df[col].where(~missing, value).astype(object if isinstance(value, str) else type(value))
