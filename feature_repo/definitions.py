@@ -214,6 +214,23 @@ def build(data_dir: Path) -> dict:
     return {k: v for k, v in locals().items() if k != "data_dir"}
 
 
+def is_numeric(field) -> bool:
+    """Whether a Feast field is a number or a flag (not text, not a list): a model's float input."""
+    kind = str(field.dtype)
+    return any(k in kind for k in ("Int", "Float", "Bool")) and "Array" not in kind
+
+
+def ranking_views() -> dict:
+    """The `ranking_v1` service's views by name (feature view projections: `.features` lists the fields)."""
+    return {p.name: p for p in ranking_v1.feature_view_projections}
+
+
+def numeric_refs(views) -> list[str]:
+    """`view:feature` references of the numeric fields of the named ranking views."""
+    proj = ranking_views()
+    return [f"{v}:{f.name}" for v in views for f in proj[v].features if is_numeric(f)]
+
+
 def all_objects(data_dir: Path | None = None) -> list:
     """Every Feast object of the repo, for `FeatureStore.apply` from code.
 

@@ -82,7 +82,7 @@ class OrderedSqliteOnlineStore(SqliteOnlineStore):
     def online_read(self, config, table, entity_keys, requested_features=None):
         """Feast's SQLite read, with the same rows, values and event times, but each entity's event time
         parsed once instead of every feature value's through sqlite3's timestamp converter (the converter
-        was about half of a read's cost with 7 features per row: the ranker's user x item reads).
+        cost a third of a read with 7 features per row: 50 user x item keys 1.06 -> 0.70 ms measured).
 
         Returns:
             One (event time, {feature: ValueProto}) per key in order, (None, None) for a key without a

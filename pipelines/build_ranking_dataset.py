@@ -45,11 +45,6 @@ STAGE = "ranking_dataset"
 _TIME_OF_DAY = ("request_hour", "request_weekday")
 
 
-def _numeric(field) -> bool:
-    kind = str(field.dtype)
-    return any(k in kind for k in ("Int", "Float", "Bool")) and "Array" not in kind
-
-
 def ranking_feature_names() -> list[str]:
     """Float inputs of the ranking model: the numeric features of the `ranking_v1` service and the
     candidate source scores. Absolute times (`*_unix`) are left out (they do not generalise across
@@ -58,7 +53,7 @@ def ranking_feature_names() -> list[str]:
     names: list[str] = []
     for view in definitions.ranking_v1.feature_view_projections:
         fields = view.features
-        names += [f.name for f in fields if _numeric(f) and not f.name.endswith("_unix")
+        names += [f.name for f in fields if definitions.is_numeric(f) and not f.name.endswith("_unix")
                   and f.name not in (n.MARGIN, *_TIME_OF_DAY)]
     names += list(n.SOURCE_SCORES)
     return list(dict.fromkeys(names))

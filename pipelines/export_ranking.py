@@ -55,21 +55,9 @@ RANKING_DIR = "ranking"
 ITEM_VIEWS = ("item_purchase_stats", "item_activity_windows", "item_content")
 
 
-def _numeric(field) -> bool:
-    kind = str(field.dtype)
-    return any(k in kind for k in ("Int", "Float", "Bool")) and "Array" not in kind
-
-
-def item_fields() -> list[str]:
-    """Numeric fields of the ranking service's item views (model inputs and on-demand inputs alike)."""
-    views = {p.name: p for p in definitions.ranking_v1.feature_view_projections}
-    return [f.name for v in ITEM_VIEWS for f in views[v].features if _numeric(f)]
-
-
 def item_matrix_as_of(store, item_ids: list[str], as_of: pd.Timestamp) -> ItemFeatureMatrix:
     """The numeric item fields of every catalog item, point in time at `as_of` through Feast, NaN where missing."""
-    views = {p.name: p for p in definitions.ranking_v1.feature_view_projections}
-    refs = [f"{v}:{f.name}" for v in ITEM_VIEWS for f in views[v].features if _numeric(f)]
+    refs = definitions.numeric_refs(ITEM_VIEWS)
     entity_df = pd.DataFrame({n.ITEM_ID: pd.Series(item_ids, dtype=object), n.EVENT_TIMESTAMP: pd.Timestamp(as_of)})
     out = store.get_historical_features(entity_df=entity_df, features=refs, filter_by_created_timestamp=True).to_df()
     if len(out) != len(entity_df):

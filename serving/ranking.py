@@ -71,19 +71,9 @@ class RankerWiringError(ValueError):
     """A bundle's ranker that cannot be served (names the file and what is wrong)."""
 
 
-def _numeric(field) -> bool:
-    kind = str(field.dtype)
-    return any(k in kind for k in ("Int", "Float", "Bool")) and "Array" not in kind
-
-
-def _projections() -> dict[str, Any]:
-    return {p.name: p for p in definitions.ranking_v1.feature_view_projections}
-
-
 def user_refs() -> list[str]:
     """`view:feature` references of the numeric user fields the ranker reads (added to the user lookup)."""
-    views = _projections()
-    return [f"{v}:{f.name}" for v in USER_VIEWS for f in views[v].features if _numeric(f)]
+    return definitions.numeric_refs(USER_VIEWS)
 
 
 #: the on-demand views' arithmetic (feature_repo/request_time.py: the functions the views themselves call)
@@ -203,7 +193,7 @@ class PairReader:
         self._key, self._value = EntityKey, Value
         self.store = store
         self.provider = store._get_provider()
-        views = _projections()
+        views = definitions.ranking_views()
         self.views = {name: store.get_feature_view(name) for name in (PAIR_VIEW, CATEGORY_VIEW)}
         self.fields = {name: [f.name for f in views[name].features] for name in self.views}
 
@@ -270,7 +260,7 @@ class LearnedRanker:
         self.item_columns = {f: np.asarray(col, dtype=np.float64) for f, col in self.items.columns.items()
                              if not f.startswith(TS_PREFIX)}
         # views whose values expire: the event time of each item's row, the view's fields, its maximum age
-        views = _projections()
+        views = definitions.ranking_views()
         self.expiring = []
         for f, col in self.items.columns.items():
             if f.startswith(TS_PREFIX):
@@ -278,8 +268,7 @@ class LearnedRanker:
                 limit = (max_age or {}).get(view) or getattr(definitions, view).ttl
                 fields = [x.name for x in views[view].features if x.name in self.item_columns]
                 self.expiring.append((np.asarray(col, dtype=np.float64), fields, limit.total_seconds()))
-        views = _projections()
-        self.user_fields = [f.name for v in USER_VIEWS for f in views[v].features if _numeric(f)]
+        self.user_fields = [ref.split(":", 1)[1] for ref in user_refs()]
         self.pair_fields = [f.name for f in views[PAIR_VIEW].features]
         self.category_fields = [f.name for f in views[CATEGORY_VIEW].features]
         # the category key of each row, as training joins it (items without one: "unknown")
@@ -288,7 +277,7 @@ class LearnedRanker:
         self.pair_rows, self.category_pairs = self._pair_keys(root, catalog)
         computed = {*self.user_fields, *self.items.columns, *self.pair_fields, *self.category_fields,
                     *n.SOURCE_SCORES, *(f.name for fn in ("request_features", n.RANKING_REQUEST_VIEW)
-                                         for f in _projections()[fn].features)}
+                                         for f in views[fn].features)}
         unknown = [f for f in self.features if f not in computed]
         if unknown:
             raise RankerWiringError(f"{root / 'spec.json'}: the model reads {unknown}, which serving does not compute")
@@ -321,9 +310,6 @@ class LearnedRanker:
         return np.concatenate([self.pair_rows.get(user_id, _NO_ROWS), np.asarray(query.cart, np.int64),
                                np.asarray(query.viewed, np.int64)])
 
-    def _pair_rows(self, user_id: str, rows: np.ndarray, query: Query) -> np.ndarray:
-        """Positions of the candidates that can have a user x item row."""
-        return np.flatnonzero((rows >= 0) & np.isin(rows, self._known_rows(user_id, query)))
 
     def raw(self, rows: np.ndarray, query: Query) -> dict[str, np.ndarray]:
         """The unfilled ranking_v1 columns of the candidates at `rows`, float64 (NaN where a value is missing),
@@ -350,7 +336,8 @@ class LearnedRanker:
                     cols[f][stale] = np.nan
         for f in (*self.pair_fields, *self.category_fields):
             cols[f] = np.full(m, np.nan)
-        at = self._pair_rows(user, rows, query)
+        known_rows = self._known_rows(user, query)
+        at = np.flatnonzero(known & np.isin(rows, known_rows))  # candidates that can have a user x item row
         if self.pairs is not None and len(at):
             items = self.catalog.item_ids[rows[at]].tolist()
             got = self.read(lambda: self.pairs.read(PAIR_VIEW, [n.USER_ID, n.ITEM_ID], [(user, i) for i in items]))
@@ -360,7 +347,7 @@ class LearnedRanker:
                         cols[f][j] = np.nan if v is None else float(v)
         # user x category rows exist for the categories of what the shopper bought (or has in the session)
         keys = np.where(known, self.category_keys[safe], "unknown")
-        have = self.category_pairs.get(user, frozenset()) | set(self.category_keys[self._known_rows(user, query)].tolist())
+        have = self.category_pairs.get(user, frozenset()) | set(self.category_keys[known_rows].tolist())
         wanted = sorted(have & set(keys.tolist()))
         if self.pairs is not None and wanted:
             got = self.read(lambda: self.pairs.read(CATEGORY_VIEW, [n.USER_ID, n.CATEGORY_KEY],

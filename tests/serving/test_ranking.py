@@ -27,7 +27,6 @@ from serving.features import OnlineStoreUnavailable
 from serving.pipeline import FALLBACK_RANKING, Recommender
 from serving.ranking import LearnedRanker
 from serving.request import SessionContext
-from serving.sources import ROW
 
 USERS = 12
 RANDOM_ITEMS = 15  # per user, beside the training candidates: items they never bought, some in their categories
@@ -91,8 +90,8 @@ def test_scores_are_the_models_probabilities_and_rank_the_list(served):
     rows = np.array([rec.catalog.row_of[i.item_id] for i in out.items], dtype=np.int64)
     logits = ranker.model(ranker.matrix(rows, query).astype(np.float32))
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    if not rec.rules.chain.rules:
-        np.testing.assert_allclose([i.score for i in out.items], probs, rtol=1e-6)
+    assert not rec.rules.chain.rules  # no re-weighting rule in the test bundle: served scores are the model's
+    np.testing.assert_allclose([i.score for i in out.items], probs, rtol=1e-6)
     assert all(0.0 < p < 1.0 for p in probs)
 
 
@@ -136,10 +135,9 @@ def test_shopper_without_features_keeps_retrieval_scores(served):
         cart=[str(rec.catalog.item_ids[0])]))[0], rec.config.retrieval.k, None)
     assert out.items
     retrieval = dict(zip(cands.ids.tolist(), cands.scores.tolist()))
+    assert not rec.rules.chain.rules  # only diversity may act, and it reorders without rescoring
     for item in out.items:
-        if not item.rules:
-            assert item.score == pytest.approx(retrieval[item.item_id])
-    assert ROW in cands.columns
+        assert item.score == pytest.approx(retrieval[item.item_id])
 
 
 def test_request_time_defaults_to_the_bundle_as_of_when_configured(served):
