@@ -31,7 +31,8 @@ def _ingest(args):
 def _build_features(args):
     from pipelines import build_features
 
-    build_features.run(_config(args), repo_dir=Path(args.repo) if args.repo else None)
+    build_features.run(_config(args), repo_dir=Path(args.repo) if args.repo else None,
+                       materialize=not args.no_materialize)
 
 
 def _build_dataset(args):
@@ -114,7 +115,7 @@ def _serve(args):
     from serving.pipeline import Recommender
 
     from serving.hotswap import BundleSlot, CurrentWatcher
-    from serving.server import freeze_loaded_objects
+    from serving.server import freeze_loaded_objects, limit_blas_threads
 
     cfg = _config(args)
     bundles = cfg.work_dir / "bundles"
@@ -126,6 +127,7 @@ def _serve(args):
     print(f"serving bundle {bundle.name} on http://{args.host or cfg.serving.host}:{args.port or cfg.serving.port}"
           + (f", watching {bundles / 'CURRENT'} every {args.watch}s" if watcher else ""))
     freeze_loaded_objects()
+    limit_blas_threads()
     try:
         uvicorn.run(app, host=args.host or cfg.serving.host, port=args.port or cfg.serving.port, log_level="info")
     finally:
@@ -217,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
              "materialize them to the online store.")
     sp.add_argument("--repo", help="Feast repo to populate (default: <work_dir>/feature_store; "
                     "`--repo feature_repo` fills the checked-in repo so `feast` commands work inside it)")
+    sp.add_argument("--no-materialize", action="store_true", help="write the tables and `feast apply` only, leave "
+                    "the online store untouched (offline training sets on a large log)")
     cmd("build-dataset", _build_dataset, "Build the point-in-time training set of weighted labelled events "
         "(Feast get_historical_features).")
     cmd("build-ranking-dataset", _build_ranking_dataset, "Build the ranking model's training rows: candidates "

@@ -151,12 +151,15 @@ def materialization_windows(start: dt.datetime, end: dt.datetime, times: pd.Seri
     return list(zip(edges[:-1], edges[1:]))
 
 
-def run(config: CartwiseConfig, *, repo_dir: Path | None = None, log: Log = default_log) -> dict:
+def run(config: CartwiseConfig, *, repo_dir: Path | None = None, materialize: bool = True,
+        log: Log = default_log) -> dict:
     """Write tables, `apply` the definitions, materialize every view to the online store.
 
     Args:
         config: parsed cartwise.yaml.
         repo_dir: Feast repo to populate (default `<work_dir>/feature_store`).
+        materialize: False leaves the online store as it is (offline-only use: training sets and
+            benchmarks on a large log; serving then reads nothing new until a run that materializes).
         log: progress output.
 
     Returns:
@@ -183,7 +186,9 @@ def run(config: CartwiseConfig, *, repo_dir: Path | None = None, log: Log = defa
         start = min(start, pd.Timestamp(items[n.FIRST_SEEN].min()).to_pydatetime() - dt.timedelta(days=1))
     views = store.list_feature_views()
     incremental = bool(views) and all(v.materialization_intervals for v in views)
-    if incremental:  # only what is new since the last run's end (Feast keeps the intervals in the registry)
+    if not materialize:
+        log(f"[{STAGE}] online store left as it is (materialize=False)")
+    elif incremental:  # only what is new since the last run's end (Feast keeps the intervals in the registry)
         with step(STAGE, f"materialize incrementally up to {end:%Y-%m-%d} to the online store", log):
             store.materialize_incremental(end_date=end)
     else:
@@ -194,7 +199,7 @@ def run(config: CartwiseConfig, *, repo_dir: Path | None = None, log: Log = defa
             for lo, hi in windows:
                 store.materialize(start_date=lo, end_date=hi)
     summary = {"repo_dir": str(repo_dir), "rows": counts,
-               "materialized": {"start": start.isoformat(), "end": end.isoformat()}}
+               "materialized": {"start": start.isoformat(), "end": end.isoformat()} if materialize else None}
     write_manifest(repo_dir, STAGE, {"ingest": read_json(layout.ingest / "manifest.json").get("outputs", {})},
                    {}, summary)
     return summary

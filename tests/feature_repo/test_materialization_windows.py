@@ -43,3 +43,32 @@ def test_windowed_materialization_equals_one_window(tmp_path, monkeypatch):
     a = one.get_online_features(features=REFS, entity_rows=users).to_dict(include_event_timestamps=True)
     b = many.get_online_features(features=REFS, entity_rows=users).to_dict(include_event_timestamps=True)
     assert a == b and any(v is not None for v in a[n.USER_PURCHASE_COUNT])
+
+
+def test_no_materialize_builds_offline_only_then_a_normal_run_fills_the_online_store(tmp_path):
+    """`cartwise build-features --no-materialize`: tables and registry written, offline point-in-time reads
+    work, the online store is left empty; the next run without the flag materializes everything."""
+    import yaml
+    from feast import FeatureStore
+
+    from cartwise.cli import main
+    from tests.synthetic import make_shop, write_ingest
+
+    config = tmp_path / "cartwise.yaml"
+    config.write_text(yaml.safe_dump({"data": {"work_dir": "work"}, "evaluation": {"split_date": "2011-04-10"}}))
+    events, items = make_shop()
+    write_ingest(tmp_path / "work", events, items)
+    assert main(["build-features", "--config", str(config), "--no-materialize"]) in (0, None)
+    store = FeatureStore(repo_path=str(tmp_path / "work" / "feature_store"))
+    users = sorted(events[n.USER_ID].dropna().unique())[:20]
+    online = store.get_online_features(features=REFS, entity_rows=[{n.USER_ID: u} for u in users]).to_dict()
+    assert all(v is None for v in online[n.USER_PURCHASE_COUNT])  # nothing online
+    end = events[n.EVENT_TIMESTAMP].max().floor("D") + pd.Timedelta(days=1)
+    offline = store.get_historical_features(
+        entity_df=pd.DataFrame({n.USER_ID: users, n.EVENT_TIMESTAMP: end}), features=REFS).to_df()
+    assert offline[n.USER_PURCHASE_COUNT].notna().sum() == len(users)  # every sampled user bought before the end
+    assert main(["build-features", "--config", str(config)]) in (0, None)
+    store = FeatureStore(repo_path=str(tmp_path / "work" / "feature_store"))
+    online = store.get_online_features(features=REFS, entity_rows=[{n.USER_ID: u} for u in users]).to_dict()
+    by_user = offline.set_index(n.USER_ID)[n.USER_PURCHASE_COUNT]
+    assert online[n.USER_PURCHASE_COUNT] == [by_user[u] for u in users]

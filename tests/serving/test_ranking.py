@@ -95,6 +95,23 @@ def test_scores_are_the_models_probabilities_and_rank_the_list(served):
     assert all(0.0 < p < 1.0 for p in probs)
 
 
+def test_served_model_runs_in_numpy_with_the_saved_models_logits(served):
+    """Serving scores with the NumPy forward pass (models/ranking.NumpyRankingTower), equal to the SavedModel's
+    `score_stacked` on real request matrices."""
+    import tensorflow as tf
+
+    *_, rec = served
+    ranker: LearnedRanker = rec.ranker
+    assert ranker.model.engine == "numpy", ranker.model.engine_reason
+    now = pd.Timestamp(ranker.spec["as_of"]).to_pydatetime()
+    users = rec.bundle.history[n.USER_ID].astype(str).value_counts().index[:5]
+    for user in users:
+        query, _, _ = rec.query(user, session=SessionContext(time=now))
+        x = ranker.matrix(np.arange(len(rec.catalog), dtype=np.int64), query).astype(np.float32)
+        expected = ranker.model.module.score_stacked(tf.constant(x)).numpy()
+        np.testing.assert_allclose(ranker.model(x), expected, rtol=1e-5, atol=1e-5, err_msg=user)
+
+
 def test_repeat_scores_decay_with_request_time(served):
     *_, rec = served
     ranker: LearnedRanker = rec.ranker
