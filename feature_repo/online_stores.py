@@ -16,13 +16,39 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from typing import Any, Callable, Literal
+import struct
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig, _quote_id, _table_id
 
 _CHUNK = 500
+_STRING = 2  # feast.value_type.ValueType.STRING, the type tag serialize_entity_key writes for a string
+
+
+def string_entity_keys(join_keys: Sequence[str], rows: Iterable[Sequence[str]]) -> list[bytes]:
+    """The bytes Feast's `serialize_entity_key` (version 3) writes for entities whose join keys are all
+    strings, one per row of values (in `join_keys` order), without building an EntityKey proto per row.
+
+    Serving reads up to a few hundred user x item keys per request: building and serializing the protos
+    took 0.56 ms of a 1.6 ms read of 100 keys (/tmp profile on the demo bundle, 2026-11-27).
+    tests/feature_repo/test_online_stores.py checks the bytes against Feast's function.
+    """
+    order = sorted(range(len(join_keys)), key=lambda i: join_keys[i])  # Feast sorts by join key
+    head = [struct.pack("<I", len(join_keys))]
+    for i in order:
+        k = join_keys[i].encode("utf8")
+        head += [struct.pack("<II", _STRING, len(k)), k]
+    prefix = b"".join(head)
+    out = []
+    for row in rows:
+        parts = [prefix]
+        for i in order:
+            v = row[i].encode("utf8")
+            parts += [struct.pack("<II", _STRING, len(v)), v]
+        out.append(b"".join(parts))
+    return out
 
 
 class OrderedSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
@@ -88,9 +114,13 @@ class OrderedSqliteOnlineStore(SqliteOnlineStore):
             One (event time, {feature: ValueProto}) per key in order, (None, None) for a key without a
             row; the event time is the last stored row's, in UTC, as Feast returns it.
         """
-        conn = self._get_conn(config)
         keys = [serialize_entity_key(k, entity_key_serialization_version=config.entity_key_serialization_version)
                 for k in entity_keys]
+        return self.read_serialized(config, table, keys)
+
+    def read_serialized(self, config, table, keys: list[bytes]):
+        """:meth:`online_read` of keys already serialized (:func:`string_entity_keys`, or Feast's own)."""
+        conn = self._get_conn(config)
         name = _quote_id(_table_id(config.project, table, config.registry.enable_online_feature_view_versioning))
         rows = conn.execute(f"SELECT entity_key, feature_name, value, CAST(event_ts AS TEXT) FROM {name} "
                             f"WHERE entity_key IN ({','.join('?' * len(keys))}) ORDER BY entity_key", keys).fetchall()

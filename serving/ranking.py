@@ -56,6 +56,7 @@ from feature_repo import definitions, request_time
 from feature_repo import names as n
 from serving.candidates import Candidates
 from feature_repo.item_matrix import TS_PREFIX, ItemFeatureMatrix
+from feature_repo.online_stores import OrderedSqliteOnlineStore, string_entity_keys
 from serving.features import OnlineStoreUnavailable
 from serving.sources import ROW, Catalog, Query
 
@@ -193,6 +194,9 @@ class PairReader:
         self._key, self._value = EntityKey, Value
         self.store = store
         self.provider = store._get_provider()
+        online = getattr(self.provider, "online_store", None)
+        # the repo's SQLite store reads keys serialized without protos (string_entity_keys); others get protos
+        self._serialized = online if isinstance(online, OrderedSqliteOnlineStore) else None
         views = definitions.ranking_views()
         self.views = {name: store.get_feature_view(name) for name in (PAIR_VIEW, CATEGORY_VIEW)}
         self.fields = {name: [f.name for f in views[name].features] for name in self.views}
@@ -201,12 +205,16 @@ class PairReader:
         """One dict of field -> value (None if missing) per key, or None for a key with no row."""
         if not keys:
             return []
-        V = self._value
-        protos = [self._key(join_keys=list(join_keys), entity_values=[V(string_val=a), V(string_val=b)])
-                  for a, b in keys]
         try:
-            got = self.provider.online_read(config=self.store.config, table=self.views[view], entity_keys=protos,
-                                            requested_features=self.fields[view])
+            if self._serialized is not None and self.store.config.entity_key_serialization_version == 3:
+                got = self._serialized.read_serialized(self.store.config, self.views[view],
+                                                       string_entity_keys(join_keys, keys))
+            else:
+                V = self._value
+                protos = [self._key(join_keys=list(join_keys), entity_values=[V(string_val=a), V(string_val=b)])
+                          for a, b in keys]
+                got = self.provider.online_read(config=self.store.config, table=self.views[view],
+                                                entity_keys=protos, requested_features=self.fields[view])
         except Exception as exc:  # the store failed: a fallback (OnlineUserFeatures.guarded counts it), never a 5xx
             raise OnlineStoreUnavailable(f"{view}: {type(exc).__name__}: {exc}") from exc
         return [None if values is None else {k: _value(v) for k, v in values.items()} for _, values in got]

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 from feast import FeatureStore
+from hypothesis import given
+from hypothesis import strategies as st
 
 from feature_repo import definitions
 from feature_repo import names as n
@@ -167,7 +169,7 @@ def test_ordered_sqlite_read_returns_what_feasts_sqlite_read_returns(tmp_path):
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from feature_repo.online_stores import OrderedSqliteOnlineStore
+    from feature_repo.online_stores import OrderedSqliteOnlineStore, string_entity_keys
 
     fs, events, items = shop_repo(tmp_path, None, n_users=30, n_items=20, purchases_per_user=10)
     fs.materialize(start_date=dt.datetime(2010, 12, 1, tzinfo=dt.timezone.utc),
@@ -195,3 +197,23 @@ def test_ordered_sqlite_read_returns_what_feasts_sqlite_read_returns(tmp_path):
         for (ts_a, va), (ts_b, vb) in zip(ours, feasts):
             assert ts_a == ts_b and (ts_a is None or ts_a.tzinfo is not None)
             assert va == vb
+        # serving's read of keys serialized without protos (serving/ranking.PairReader) reads the same rows
+        values = [[v.string_val for v in k.entity_values] for k in keys]
+        assert store.read_serialized(fs.config, fv, string_entity_keys(list(keys[0].join_keys), values)) == ours
+
+
+@given(join_keys=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=3, unique=True),
+       rows=st.lists(st.lists(st.text(max_size=20), min_size=3, max_size=3), min_size=1, max_size=5))
+def test_string_entity_keys_are_the_bytes_feast_serializes(join_keys, rows):
+    """string_entity_keys == feast.infra.key_encoding_utils.serialize_entity_key (version 3) for string keys,
+    whatever the join keys' order and the characters (non-ASCII, empty values)."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from feature_repo.online_stores import string_entity_keys
+
+    rows = [r[:len(join_keys)] for r in rows]
+    expected = [serialize_entity_key(EntityKey(join_keys=join_keys, entity_values=[Value(string_val=v) for v in r]),
+                                     entity_key_serialization_version=3) for r in rows]
+    assert string_entity_keys(join_keys, rows) == expected
