@@ -18,8 +18,12 @@ from __future__ import annotations
 import contextlib
 import gc
 
+from typing import Iterator
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cartwise.config import CartwiseConfig
 from feature_repo import definitions, feature_tables
@@ -31,6 +35,10 @@ from pipelines.progress import Log, default_log, step
 
 STAGE = "dataset"
 GUEST_USER = "__guest__"
+#: entity rows per point-in-time join. Rows are independent in the join, so joining in slices gives the
+#: same rows; memory is what changes: one join of the 5.27M entity rows of a 5.3M-event simulator log went
+#: past 24 GB and was killed, 1M rows peaked at 11.6 GB and 250k at 7.7 GB (benchmarks/bench_features.py).
+JOIN_CHUNK_ROWS = 1_000_000
 
 #: Feature views joined into the training set (the ranking service's views plus sessions).
 JOINED_VIEWS = (definitions.user_purchase_stats, definitions.user_profile, definitions.user_purchase_windows,
@@ -175,6 +183,47 @@ def join_point_in_time(store, entity_df: pd.DataFrame) -> tuple[pd.DataFrame, di
     return out, fill_missing(out)
 
 
+def join_in_chunks(store, entity_df: pd.DataFrame, rows: int | None = None
+                   ) -> Iterator[tuple[pd.DataFrame, dict[str, int]]]:
+    """:func:`join_point_in_time` on consecutive slices of `rows` entity rows (default `JOIN_CHUNK_ROWS`):
+    each slice's joined frame and fill counts, in the entity frame's order."""
+    rows = rows or JOIN_CHUNK_ROWS
+    for lo in range(0, len(entity_df), rows):
+        yield join_point_in_time(store, entity_df.iloc[lo:lo + rows])
+
+
+def write_training_set(store, entity_df: pd.DataFrame, path, rows: int | None = None) -> dict[str, int]:
+    """Join `entity_df` slice by slice (:func:`join_in_chunks`) into one parquet file at `path`.
+
+    Returns:
+        The number of filled missing values per feature, over all slices.
+
+    Raises:
+        RuntimeError: a slice's columns differ from the first slice's.
+    """
+    writer, schema, fills = None, None, {}
+    try:
+        for frame, chunk_fills in join_in_chunks(store, entity_df, rows):
+            for col, count in chunk_fills.items():
+                fills[col] = fills.get(col, 0) + count
+            if writer is None:
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                schema = table.schema
+                writer = pq.ParquetWriter(str(path), schema)
+            else:
+                if list(frame.columns) != schema.names:
+                    raise RuntimeError(f"training-set slice with columns {list(frame.columns)}, "
+                                       f"expected {schema.names}")
+                # the first slice's types (a slice whose list column is all empty would infer list<null>)
+                table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+            writer.write_table(table)
+            del frame, table
+    finally:
+        if writer is not None:
+            writer.close()
+    return fills
+
+
 @contextlib.contextmanager
 def _gc_paused():
     enabled = gc.isenabled()
@@ -218,17 +267,23 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     negatives = sample_negatives(entities, items, config.objective.negatives_per_positive, config.model.seed)
     entities = pd.concat([entities, negatives], ignore_index=True)
     store = open_store(layout.feature_store)
-    with step(STAGE, f"point-in-time join of {len(entities):,} entity rows (get_historical_features)", log) as s:
-        train, fills = join_point_in_time(store, entities)
-        s["result"] = f"{len(train):,} rows, {train.shape[1]} columns"
     layout.dataset.mkdir(parents=True, exist_ok=True)
-    train.to_parquet(layout.dataset / "train.parquet", index=False)
+    path = layout.dataset / "train.parquet"
+    chunks = -(-len(entities) // JOIN_CHUNK_ROWS)
+    with step(STAGE, f"point-in-time join of {len(entities):,} entity rows (get_historical_features"
+                     f"{f', {chunks} slices' if chunks > 1 else ''})", log) as s:
+        fills = write_training_set(store, entities, path)
+        meta = pq.read_metadata(path)
+        s["result"] = f"{meta.num_rows:,} rows, {meta.num_columns} columns"
+    if meta.num_rows != len(entities):
+        raise RuntimeError(f"{path}: {meta.num_rows} rows written for {len(entities)} entity rows")
+    # the joined rows are the entity rows, in order (join_point_in_time checks): counted on the entity frame
     summary = {
-        "rows": len(train),
-        "users": int(train[n.USER_ID].nunique()),
-        "items": int(train[n.ITEM_ID].nunique()),
+        "rows": meta.num_rows,
+        "users": int(entities[n.USER_ID].nunique()),
+        "items": int(entities[n.ITEM_ID].nunique()),
         "cutoff": cutoff.isoformat(),
-        "by_event_type": {k: int(v) for k, v in train[n.EVENT_TYPE].value_counts().items()},
+        "by_event_type": {k: int(v) for k, v in entities[n.EVENT_TYPE].value_counts().items()},
         "filled_missing": fills,
         "features": feature_refs(),
     }
