@@ -15,9 +15,11 @@ Per request, the m candidates' feature matrix [m, F] in the model's column order
   gathered from the bundle's :class:`feature_repo.item_matrix.ItemFeatureMatrix` by
   catalog row (the fast path: Feast's SDK for 500 items costs 60-110 ms);
 * **user x item, user x category** (`user_item_history`,
-  `user_category_history`): read online through the Feast provider's
-  `online_read` (the SDK's per-row response building is what makes it
-  slow) for the pairs that can have a row: those with a row at the bundle's
+  `user_category_history`): read online through the online store's own read
+  (on the repo's SQLite store with keys serialized without protos,
+  `feature_repo.online_stores.string_entity_keys`; on others through the
+  Feast provider's `online_read`: the SDK's per-row response building is
+  what makes it slow) for the pairs that can have a row: those with a row at the bundle's
   as-of instant (`pairs.parquet`, `category_pairs.parquet`) and the
   session's items and their categories. Every other pair has no row, which
   training reads as missing too. So a pair formed after the export, outside
