@@ -4,7 +4,7 @@ Not a test (timings never assert in the suite). Run:
 
     .venv/bin/python benchmarks/bench_serving.py [--cases demo,100000,1000000] [--candidates 500]
         [--concurrency 1,4,16] [--rates 50,100,150] [--requests 200] [--rounds 2] [--duration 6]
-        [--seed 0] [--out build/benchmarks/serving.json]
+        [--seed 0] [--threads 2] [--out build/benchmarks/serving.json]
 
 Each case runs in its own server process (a child of this script): it builds
 a :class:`serving.pipeline.Recommender`, wraps it in the real app
@@ -124,10 +124,12 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_THREADS = 2  # serving.app.DEFAULT_THREADS (not imported here: this process never loads serving/)
 PREFIX = "@@bench "
 WARMUP = 40
 OPEN_LOOP_CONNECTIONS = 64
@@ -201,9 +203,11 @@ class StageTimers:
         self.counts: dict[str, int] = {}  # candidates per source in the current request
         self._undo: list = []
 
-    def _wrap(self, obj, attr: str, name: str, count: bool = False) -> None:
+    def _wrap(self, obj, attr: str, name: str, count: bool | Callable = False) -> None:
+        """Time `obj.attr` as stage `name`; `count`: count len(result) (True) or len(count(result))."""
         orig = getattr(obj, attr)
         cur, counts = self.cur, self.counts
+        size = (count if callable(count) else len) if count else None
 
         def timed(*a, **k):
             t = time.perf_counter_ns()
@@ -211,8 +215,8 @@ class StageTimers:
                 out = orig(*a, **k)
             finally:
                 cur[name] = cur.get(name, 0) + time.perf_counter_ns() - t
-            if count:
-                counts[name] = counts.get(name, 0) + len(out)
+            if size is not None:
+                counts[name] = counts.get(name, 0) + size(out)
             return out
 
         had = attr in vars(obj)
@@ -229,7 +233,8 @@ class StageTimers:
         self._wrap(r, "query", "features")
         self._wrap(r.features, "get", "features.online_store")
         self._wrap(r.bundle, "embed_query", "features.query_tower")
-        self._wrap(r.retriever, "retrieve", "retrieval", count=True)
+        # the pipeline calls retrieve_within (the time-budgeted form): (candidates, skipped sources)
+        self._wrap(r.retriever, "retrieve_within", "retrieval", count=lambda out: len(out[0]))
         for slot in r.retriever.slots:
             self._wrap(slot.source, "retrieve", f"retrieval.{slot.source.name}", count=True)
         self._wrap(r, "_add_pinned", "pins_inserted", count=True)
@@ -562,7 +567,8 @@ def child_main(spec: dict) -> None:
     bodies = [json.dumps(b, separators=(",", ":")).encode() for b in reqs]
     req_file = Path(spec["work"]) / f"requests_{spec['case']}.jsonl"
     req_file.write_text("".join(b.decode() + "\n" for b in bodies))
-    app = create_app(rec, max_k=max_k)
+    app = create_app(rec, max_k=max_k, threads=spec["threads"])
+    info["threads"] = spec["threads"]
     respond = _response_maker(app)
     timers = StageTimers(rec)
 
@@ -802,6 +808,7 @@ def run_case(case: str, args, work: Path, demo_work: str | None) -> dict:
     import numpy as np
 
     spec = {"case": case, "seed": args.seed, "candidates": args.candidates, "bundle": args.bundle,
+            "threads": args.threads,
             "demo_work": demo_work, "work": str(work), "n_requests": args.request_pool}
     load_before = os.getloadavg()
     t0 = time.perf_counter()
@@ -1028,6 +1035,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--duration", type=float, default=6.0, help="seconds per open-loop run")
     p.add_argument("--request-pool", type=int, default=2000, help="distinct request bodies per case")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"pipeline threads of the server (serving.threads; default {DEFAULT_THREADS})")
     p.add_argument("--bundle", help="demo bundle directory (default: build/bundles/CURRENT)")
     p.add_argument("--demo-work", default=str(Path(tempfile.gettempdir()) / "cartwise-bench-serving-demo"),
                    help="where `cartwise demo` builds a bundle when there is none (never build/)")

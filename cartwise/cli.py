@@ -122,7 +122,7 @@ def _serve(args):
     bundle = Path(args.bundle) if args.bundle else current_bundle(bundles)
     slot = BundleSlot(Recommender.from_bundle_dir(bundle), bundles_dir=bundles)
     token = os.environ.get(args.reload_token_env) if args.reload_token_env else None
-    app = create_app(slot, max_k=cfg.serving.max_k, reload_token=token)
+    app = create_app(slot, max_k=cfg.serving.max_k, reload_token=token, threads=cfg.serving.threads)
     watcher = CurrentWatcher(slot, interval=args.watch).start() if args.watch else None
     print(f"serving bundle {bundle.name} on http://{args.host or cfg.serving.host}:{args.port or cfg.serving.port}"
           + (f", watching {bundles / 'CURRENT'} every {args.watch}s" if watcher else ""))

@@ -220,3 +220,48 @@ def test_errors_have_one_shape(client):
     for r in answers:
         ErrorResponse.model_validate(r.json())
     assert answers[2].headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_recommendations_run_on_at_most_serving_threads_at_once(recommender, threads):
+    """`serving.threads`: 12 clients at once over a real socket; the pipeline never runs on more threads than
+    that (the rest queue), and every request is answered."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from serving.server import BackgroundServer
+
+    lock, running, peak = threading.Lock(), [0], [0]
+    real = recommender.recommend
+
+    class Counting:  # the real recommender, its recommend counted and slowed so requests overlap
+        def __getattr__(self, name):
+            return getattr(recommender, name)
+
+        def recommend(self, *a, **kw):
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            try:
+                time.sleep(0.02)
+                return real(*a, **kw)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+    with BackgroundServer(create_app(Counting(), max_k=MAX_K, threads=threads)) as srv:
+        def ask(_):
+            return httpx.post(f"{srv.url}/v1/recommend", json={"k": 3}, timeout=30).status_code
+
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(ask, range(36)))
+    assert codes == [200] * 36
+    assert peak[0] == threads  # reached (the requests overlapped) and never exceeded
+
+
+def test_serving_threads_must_be_positive(recommender):
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        create_app(recommender, threads=0)
