@@ -4,7 +4,7 @@ Not a test (timings never assert in the suite). Run:
 
     .venv/bin/python benchmarks/bench_serving.py [--cases demo,100000,1000000] [--candidates 500]
         [--concurrency 1,4,16] [--rates 50,100,150] [--requests 200] [--rounds 2] [--duration 6]
-        [--seed 0] [--threads 2] [--out build/benchmarks/serving.json]
+        [--seed 0] [--threads 0] [--out build/benchmarks/serving.json]
 
 Each case runs in its own server process (a child of this script): it builds
 a :class:`serving.pipeline.Recommender`, wraps it in the real app
@@ -129,7 +129,7 @@ from typing import Callable
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_THREADS = 2  # serving.app.DEFAULT_THREADS (not imported here: this process never loads serving/)
+DEFAULT_THREADS = 0  # serving.app.DEFAULT_THREADS (not imported here: this process never loads serving/)
 PREFIX = "@@bench "
 WARMUP = 40
 OPEN_LOOP_CONNECTIONS = 64

@@ -265,21 +265,25 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-#: recommendations computed at once (`serving.threads`, cartwise.config.ServingConfig)
-DEFAULT_THREADS = 2
+#: recommendations computed at once (`serving.threads`, cartwise.config.ServingConfig); 0: on the event loop
+DEFAULT_THREADS = 0
 
 
 class _Limiter:
     """The threads the pipeline runs on: an anyio CapacityLimiter made in the server's event loop on first use.
 
-    The pipeline is CPU-bound Python: requests on more threads than that contend for the interpreter lock
-    (anyio's default pool has 40), and throughput fell as clients were added (1M-item benchmark: 197 req/s with
-    1 client, 163 with 4, 109 with 16). Limited, requests beyond the limit queue in arrival order.
+    The pipeline is CPU-bound Python under one interpreter lock. On anyio's default pool (40 threads) the
+    throughput fell as clients were added (1M-item benchmark: 197 req/s with 1 client, 163 with 4, 109
+    with 16; 150 req/s offered collapsed to 102). Limited to 2 threads: ~205 req/s at any concurrency, 150
+    req/s p50 5.55 ms; on the event loop itself (`threads` 0, the default): 273-275 req/s, 150 req/s p50
+    4.69 / p99 8.35 ms, since the hand-off to a thread and back, and the two threads taking turns at the
+    lock, cost about 1 ms a request (benchmarks/bench_serving.py --threads, 2026-11-27, README "End to
+    end"). What a thread pool still buys: requests overlap while one waits on a slow remote store.
     """
 
     def __init__(self, threads: int):
-        if threads < 1:
-            raise ValueError(f"serving threads must be >= 1, got {threads}")
+        if threads < 0:
+            raise ValueError(f"serving threads must be >= 0, got {threads}")
         self.threads = threads
         self._limiter: anyio.CapacityLimiter | None = None
 
@@ -376,6 +380,8 @@ def create_app(recommender: Recommender | BundleSlot, max_k: int = 200, reload_t
         _check_content_encoding(request.headers.get("content-encoding"))
         body = await _read_body(request, MAX_BODY_BYTES)
         req = validate_request(parse_json(body), max_k=max_k)
+        if threads == 0:  # on the event loop itself: no hand-off to a thread and back
+            return answer(req)
         return await anyio.to_thread.run_sync(answer, req, limiter=pipeline_threads.get())
 
     @app.get("/health/live")
