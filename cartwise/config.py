@@ -672,10 +672,12 @@ class BudgetsConfig(_Section):
     that is stuck.
 
     Attributes:
-        features: the online-store read (default off: the Redis socket timeouts and the circuit breaker of
-            serving/features.py bound it already). Past it the request stops waiting and goes on as if the store
-            were unavailable (flag `fallback:features_over_budget`); the read itself cannot be interrupted and
-            finishes in the background. Set, each read runs on a worker thread.
+        features: each online-store read of a request (default off: the Redis socket timeouts and the circuit
+            breaker of serving/features.py bound it already). Past it the request stops waiting: the user
+            lookup goes on as if the store were unavailable (flag `fallback:features_over_budget`), a learned
+            ranker's pair read keeps the retrieval order (flag `fallback:ranking_features_unavailable`); the
+            read itself cannot be interrupted and finishes in the background. Set, each read runs on a worker
+            thread.
         retrieval: the non-fallback sources, run in declared order; once spent, the ones not yet started are
             skipped (flag `budget:retrieval`, their names in `warnings`) and the fallbacks still fill the list.
             A source that has started is never interrupted.

@@ -45,10 +45,13 @@ milliseconds, `null` turns one off; the defaults are generous and only cut a
 stuck request):
 
 * `features` (default off: the Redis socket timeouts and the circuit breaker
-  of `serving/features.py` bound a dead store already): the online-store read
-  runs on a worker thread and the request waits for it at most this long; past it the request goes on as if the store
+  of `serving/features.py` bound a dead store already): each online-store read
+  of the request runs on a worker thread and the request waits for it at most
+  this long. Past it for the user lookup, the request goes on as if the store
   were unavailable (session-only embedding, popularity), flagged
-  `fallback:features_over_budget`. A Python thread cannot be interrupted, so
+  `fallback:features_over_budget`; past it for one of the learned ranker's
+  reads (user x item, user x category rows), the candidates keep the retrieval
+  order, flagged `fallback:ranking_features_unavailable`. A Python thread cannot be interrupted, so
   the read itself finishes in the background (its result, or failure, still
   reaches the store's circuit breaker); while :data:`MAX_ABANDONED_READS` such
   reads are still running, further requests do not start another and fall
@@ -488,8 +491,11 @@ class Recommender:
         store = getattr(self.features, "store", None)
         try:
             pairs = PairReader(store) if store is not None else None
+            guarded = getattr(self.features, "guarded", None) or (lambda fn: fn())
+            # the ranker's reads: through the store's circuit breaker, each within the features budget
             ranker = LearnedRanker(root, self.catalog, self.categories, pairs,
-                                   read=getattr(self.features, "guarded", None), max_age=_max_ages(self.bundle.root))
+                                   read=lambda fn: self._within_budget(lambda: guarded(fn)),
+                                   max_age=_max_ages(self.bundle.root))
         except RankerWiringError as e:
             raise PipelineWiringError(f"{where}: ranker: {e}") from None
         if hasattr(self.features, "with_refs"):
@@ -532,27 +538,37 @@ class Recommender:
     # --- stage 1: features ---
 
     def _read_features(self, user_id: str, now: dt.datetime | None = None) -> dict | None:
-        """`self.features.get(user_id, now)`, waited for at most `budgets_ms.features` (see the module docstring).
+        """`self.features.get(user_id, now)`, waited for at most `budgets_ms.features` (:meth:`_within_budget`).
 
         `now` (the request's time) is what staleness is measured against (`serving/features.py`).
 
         Raises:
+            FeaturesOverBudget: as :meth:`_within_budget`.
+            OnlineStoreUnavailable: the store failed (as `features.get`).
+        """
+        return self._within_budget(lambda: self.features.get(user_id, now))
+
+    def _within_budget(self, read: Callable[[], Any]) -> Any:
+        """`read()`, one online-store read of the request (the user lookup, a ranker's pair read), waited for
+        at most `budgets_ms.features` (see the module docstring).
+
+        Raises:
             FeaturesOverBudget: not answered within the budget, or too many
                 earlier reads are still running in the background.
-            OnlineStoreUnavailable: the store failed (as `features.get`).
+            Whatever `read` raises.
         """
         budget = self.budgets.features
         if budget is None:
-            return self.features.get(user_id, now)
+            return read()
         with self._reads_lock:
             if self._abandoned_reads >= MAX_ABANDONED_READS:
                 raise FeaturesOverBudget(f"{self._abandoned_reads} online-store reads over budget still running")
         box: dict[str, Any] = {}
         done = threading.Event()
 
-        def read() -> None:
+        def run() -> None:
             try:
-                box["value"] = self.features.get(user_id, now)
+                box["value"] = read()
             except BaseException as exc:  # handed to the waiting request
                 box["error"] = exc
             finally:
@@ -561,7 +577,7 @@ class Recommender:
                     if box.get("abandoned"):
                         self._abandoned_reads -= 1
 
-        threading.Thread(target=read, name="cartwise-online-features", daemon=True).start()
+        threading.Thread(target=run, name="cartwise-online-read", daemon=True).start()
         if not done.wait(budget / 1000.0):
             with self._reads_lock:
                 if not done.is_set():
@@ -793,6 +809,8 @@ class Recommender:
         try:
             scores = np.asarray(self.ranker.score(cands, query), dtype=np.float64)
         except OnlineStoreUnavailable as e:  # the ranker's own online reads failed: keep the retrieval order
+            if isinstance(e, FeaturesOverBudget):
+                self.overruns.add("features")
             flags.append(FALLBACK_RANKING)
             warnings.append(f"ranking: online features unavailable ({e}); candidates kept in retrieval order")
             scores = np.asarray(cands.scores, dtype=np.float64)

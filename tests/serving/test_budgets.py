@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from cartwise.bundle import current_bundle
 from cartwise.config import ConfigError, load_config, parse_config
+from feature_repo import names as n
 from serving import pipeline as p
 from serving.candidates import Candidates
 from serving.pipeline import (
@@ -200,3 +202,34 @@ def test_budgets_parse_and_reject_bad_values():
                         ({"total": "soon"}, "valid number"), ({"ranking": 5}, "unknown key")):
         with pytest.raises(ConfigError, match=rf"serving\.budgets_ms\.\w+: .*{reason}"):
             parse_config({"serving": {"budgets_ms": bad}})
+
+
+def test_a_rankers_online_read_over_the_budget_keeps_the_retrieval_order(base):
+    """The learned ranker's pair reads wait at most `budgets_ms.features` too: a blocked read leaves the
+    candidates in retrieval order with the ranking fallback flag, and is counted as a features overrun."""
+    from serving.pipeline import FALLBACK_RANKING
+    from serving.ranking import LearnedRanker
+
+    rec = Recommender(base.bundle, base.features, config=parse_config({"serving": {"budgets_ms": {"features": 50}}}))
+    assert isinstance(rec.ranker, LearnedRanker) and rec.ranker.pairs is not None
+    user = str(base.bundle.history[n.USER_ID].value_counts().index[0])  # a buyer: the ranker reads pair rows
+    now = SessionContext(time=pd.Timestamp(rec.ranker.spec["as_of"]).to_pydatetime())
+    assert FALLBACK_RANKING not in rec.recommend(user, 5, session=now).flags  # in time: ranked
+    gate, real = threading.Event(), rec.ranker.pairs.read
+
+    def blocked(*a, **kw):
+        assert gate.wait(30), "the test never opened the gate"
+        return real(*a, **kw)
+
+    rec.ranker.pairs.read = blocked
+    try:
+        r = rec.recommend(user, 5, session=now)
+        assert FALLBACK_RANKING in r.flags and len(r.items) == 5
+        assert any("ranking: online features unavailable" in w for w in r.warnings)
+        assert overruns(rec, "features") == 1
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 30
+    while rec._abandoned_reads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rec._abandoned_reads == 0
