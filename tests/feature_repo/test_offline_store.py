@@ -250,6 +250,30 @@ def test_random_tables_same_frame_as_feast_duckdb(random_repo, rows, ents, creat
     _compare(stock, asof, ent, ["r:v"], filter_by_created_timestamp=created_filter)
 
 
+def test_view_reductions_are_reused_between_calls_until_the_table_is_rewritten(random_repo):
+    """The reduction of a view to its candidate rows is kept between calls (a training set is joined in
+    slices); a rewritten source table is read again, not served from the kept reduction."""
+    from feature_repo import offline_store
+
+    d, (stock, asof) = random_repo
+    ent = pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "event_timestamp": [_h(10)], "row": [0]})
+
+    def write(value):
+        _write(d / "data" / "r.parquet", [{"user_id": "u1", "item_id": "i1", "ts": _h(9), "created": _h(9),
+                                           "v": value}], R_SCHEMA)
+
+    write(7)
+    first = asof.get_historical_features(entity_df=ent.copy(), features=["r:v"]).to_df()
+    kept = dict(offline_store._cache)
+    again = asof.get_historical_features(entity_df=ent.copy(), features=["r:v"]).to_df()
+    assert first["v"].tolist() == again["v"].tolist() == [7]
+    assert offline_store._cache.keys() == kept.keys() and len(kept) > 0  # served from the kept reduction
+    write(8)
+    fresh = asof.get_historical_features(entity_df=ent.copy(), features=["r:v"]).to_df()
+    assert fresh["v"].tolist() == [8]
+    _compare(stock, asof, ent, ["r:v"])
+
+
 # --- cartwise's own repo: every joined view and both on-demand views ---
 
 def test_cartwise_repo_same_frame_as_feast_duckdb(tmp_path):
