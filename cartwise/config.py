@@ -708,7 +708,9 @@ class ServingConfig(_Section):
     #: turn in arrival order. The pipeline is CPU-bound Python (one interpreter lock): more threads than cores slow every
     #: request down; a store that answers slowly over the network is what more threads would help. 0 (the
     #: default): on the server's event loop itself, one at a time, no hand-off to a thread and back (about
-    #: 1 ms a request less than 2 threads; /health answers wait behind a running recommendation)
+    #: 1 ms a request less than 2 threads). With 0 everything waits while a request waits: /health answers
+    #: behind a running recommendation, every request behind a Redis read up to its socket timeout or a
+    #: `budgets_ms.features` wait; with a remote online store, use 1 or 2
     threads: int = Field(0, ge=0, le=64)
     #: the instant a request without `session.time` is served at (request-time features, repeat decay,
     #: staleness, promotion windows): `now`, the wall clock (a live shop), or `bundle`, the bundle's as-of

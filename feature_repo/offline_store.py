@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import List, Literal, Union
@@ -72,23 +73,55 @@ _ROW = "__cw_row"  # entity row position, so the result keeps the entity frame's
 CACHE_SIZE = 32
 _cache: "OrderedDict[tuple, tuple]" = OrderedDict()  # key -> (backend, temp table, its name)
 _names = itertools.count()
-#: DuckDB's memory limit as a share of physical memory (DuckDB's own default is 80%). The pipeline holds
+#: DuckDB's memory limit as a share of physical memory, or of a container's limit (DuckDB's own default
+#: is 80%; it is only ever lowered). The pipeline holds
 #: its entity rows and each slice's frame beside DuckDB: a 10.6M-event training-set build peaked at 20.1 GB
 #: of this 24 GB machine with the default. Past the limit DuckDB spills to its temp directory.
 DUCKDB_MEMORY_SHARE = 0.5
-_limited: set[int] = set()
+_limited: "weakref.WeakSet" = weakref.WeakSet()
 
 
-def _limit_memory(backend) -> None:
-    """Set DuckDB's memory limit on `backend` once (see DUCKDB_MEMORY_SHARE)."""
-    if id(backend) in _limited:
-        return
+def _memory_bytes() -> int | None:
+    """Physical memory, or the cgroup's limit (a container's) when that is lower."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
+        return None
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def _limit_memory(backend) -> None:
+    """Lower DuckDB's memory limit on `backend` to DUCKDB_MEMORY_SHARE of the memory, once; never raise it."""
+    if backend in _limited:
         return
-    backend.raw_sql(f"SET memory_limit = '{int(total * DUCKDB_MEMORY_SHARE) // 2**20}MB'")
-    _limited.add(id(backend))
+    total = _memory_bytes()
+    if total:
+        want = int(total * DUCKDB_MEMORY_SHARE)
+        have = backend.con.execute("SELECT value FROM duckdb_settings() WHERE name = 'memory_limit'").fetchone()
+        current = _parse_size(have[0]) if have else None
+        if current is None or want < current:
+            backend.raw_sql(f"SET memory_limit = '{want // 2**20}MB'")
+    _limited.add(backend)
+
+
+def _parse_size(text: str) -> int | None:
+    """DuckDB's size text ('19.0 GiB', '512.0 MiB') in bytes."""
+    units = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "KB": 10**3, "MB": 10**6,
+             "GB": 10**9, "TB": 10**12}
+    parts = str(text).split()
+    if len(parts) != 2 or parts[1] not in units:
+        return None
+    try:
+        return int(float(parts[0]) * units[parts[1]])
+    except ValueError:
+        return None
 
 
 class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
@@ -166,13 +199,15 @@ def _candidates(table: Table, ts: str, created: str | None, keys: List[str], fea
 
 
 def _file_identity(view: FeatureView) -> tuple | None:
-    """(path, mtime, size) of every file of the view's local parquet source; None when it is not one."""
+    """(path, inode, mtime, ctime, size) of every file of the view's local parquet source; None when it is
+    not one (a rewrite replaces the inode or moves the times, whatever the new size)."""
     path = getattr(view.batch_source, "path", None)
     if not path or "://" in str(path) or not Path(path).exists():
         return None
     p = Path(path)
     files = sorted(p.rglob("*")) if p.is_dir() else [p]
-    return tuple((str(f), st.st_mtime_ns, st.st_size) for f in files if f.is_file() for st in [os.stat(f)])
+    return tuple((str(f), st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+                 for f in files if f.is_file() for st in [os.stat(f)])
 
 
 def _cached_candidates(view: FeatureView, table: Table, ts: str, created: str | None, keys: List[str],
@@ -182,14 +217,16 @@ def _cached_candidates(view: FeatureView, table: Table, ts: str, created: str | 
     A training set is joined in slices of entity rows (pipelines/build_dataset.py); the reduction of a view
     to its candidate rows does not depend on the entity rows, and recomputing it for each slice was most of
     what the 11-slice build of a 10.6M-event log spent beyond the plain ASOF join (241 s against 143 s).
-    The key holds each source file's path, modification time and size, so a rewritten table is read again;
-    at most `CACHE_SIZE` reductions are kept (the oldest released first).
+    The key holds each source file's path, inode, times and size (a rewritten table is read again) and the
+    source's field mapping; at most `CACHE_SIZE` reductions are kept (the oldest released first), and
+    `pipelines/build_dataset.py` clears them once its training set is written.
     """
     identity = _file_identity(view)
     cand = _candidates(table, ts, created, keys, features, filter_created, backfilled, tag)
     if identity is None:
         return cand
-    key = (identity, ts, created, tuple(keys), tuple(features), filter_created, backfilled, tag)
+    mapping = tuple(sorted((view.batch_source.field_mapping or {}).items()))
+    key = (identity, mapping, ts, created, tuple(keys), tuple(features), filter_created, backfilled, tag)
     hit = _cache.get(key)
     if hit is not None:
         _cache.move_to_end(key)

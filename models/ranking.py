@@ -171,25 +171,25 @@ class NumpyRankingTower:
         return (h @ kernel + bias)[:, 0].astype(np.float32)
 
 
-def _probe(n_features: int, rows: int = 256, seed: int = 0) -> np.ndarray:
-    """Inputs spanning what the features hold: zeros, small and large counts, revenues, signs."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((rows, n_features)) * np.exp(rng.uniform(0.0, 10.0, (rows, n_features)))
-    x[rng.random((rows, n_features)) < 0.3] = 0.0
-    return x.astype(np.float32)
+#: a probe whose logits reach this size says nothing (a saturated model or out-of-range inputs)
+PROBE_MAX_LOGIT = 1000.0
 
 
-def load_stacked_scorer(path: str, n_features: int) -> Callable[[np.ndarray], np.ndarray]:
+def load_stacked_scorer(path: str, n_features: int, probe: np.ndarray | None = None
+                        ) -> Callable[[np.ndarray], np.ndarray]:
     """A saved :class:`ScoringModule` as a function of the stacked matrix: float32 [B, F] -> logits float32 [B].
 
     The function runs the tower in NumPy (:class:`NumpyRankingTower`) when that gives the SavedModel's
-    own logits on a probe batch (max difference within 1e-4 relative / 1e-4 absolute), else through the
-    SavedModel's `score_stacked`; `score.engine` says which ("numpy" / "tensorflow") and
-    `score.engine_reason` why TensorFlow was kept.
+    own logits on `probe` (max difference within 1e-4 relative / 1e-4 absolute, logits of ordinary size:
+    below PROBE_MAX_LOGIT), else through the SavedModel's `score_stacked`; `score.engine` says which
+    ("numpy" / "tensorflow") and `score.engine_reason` why TensorFlow was kept. The probe must look like
+    what will be scored (serving passes catalog items' feature rows): inputs far outside the training
+    range blow the standardisation of near-constant features up and make any comparison pass.
 
     Args:
         path: the SavedModel directory.
         n_features: F, the number of feature columns (checked against the model).
+        probe: float32 [B, F] realistic rows; None keeps TensorFlow (nothing to check the NumPy pass on).
 
     Raises:
         ValueError: the model has no `score_stacked` signature (saved before it existed) or another width.
@@ -206,16 +206,23 @@ def load_stacked_scorer(path: str, n_features: int) -> Callable[[np.ndarray], np
     def tf_score(x: np.ndarray) -> np.ndarray:
         return fn(tf.constant(np.asarray(x, dtype=np.float32).reshape(-1, n_features))).numpy()
 
-    probe = _probe(n_features)
-    reference = tf_score(probe)
     reason = None
-    try:
-        tower = NumpyRankingTower(module)
-        got = tower(probe)
-        if not np.allclose(got, reference, rtol=1e-4, atol=1e-4):
-            reason = f"NumPy logits differ from the SavedModel's by up to {float(np.max(np.abs(got - reference))):.3g}"
-    except (ValueError, TypeError) as e:
-        reason = f"{type(e).__name__}: {e}"
+    if probe is None or len(probe) == 0:
+        reason = "no probe rows to check the NumPy pass on"
+    else:
+        probe = np.asarray(probe, dtype=np.float32).reshape(-1, n_features)
+        reference = tf_score(probe)
+        try:
+            tower = NumpyRankingTower(module)
+            got = tower(probe)
+            worst = float(np.max(np.abs(reference)))
+            if not np.isfinite(worst) or worst >= PROBE_MAX_LOGIT:
+                reason = f"probe logits up to {worst:.3g}: not a probe the comparison can judge"
+            elif not np.allclose(got, reference, rtol=1e-4, atol=1e-4):
+                reason = (f"NumPy logits differ from the SavedModel's by up to "
+                          f"{float(np.max(np.abs(got - reference))):.3g}")
+        except (ValueError, TypeError) as e:
+            reason = f"{type(e).__name__}: {e}"
 
     if reason is None:
         def score(x: np.ndarray) -> np.ndarray:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
+from pathlib import Path
 
 from typing import Iterator
 
@@ -26,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cartwise.config import CartwiseConfig
-from feature_repo import definitions, feature_tables
+from feature_repo import definitions, feature_tables, offline_store
 from feature_repo import names as n
 from pipelines.build_features import open_store
 from pipelines.layout import Layout
@@ -192,35 +194,64 @@ def join_in_chunks(store, entity_df: pd.DataFrame, rows: int | None = None
         yield join_point_in_time(store, entity_df.iloc[lo:lo + rows])
 
 
+def _declared_list_types() -> dict[str, pa.DataType]:
+    """Arrow list types of the joined list features, from their Feast dtypes (a slice whose lists are all
+    empty would infer list<null>, which a later slice's values cannot be written as)."""
+    kinds = {"String": pa.string(), "Float32": pa.float32(), "Float64": pa.float64(), "Int64": pa.int64(),
+             "Int32": pa.int32(), "Bool": pa.bool_()}
+    out = {}
+    for view in JOINED_VIEWS:
+        for f in view.features:
+            text = str(f.dtype)
+            if "Array" in text:
+                inner = next((t for k, t in kinds.items() if k in text), pa.string())
+                out[f.name] = pa.list_(inner)
+    return out
+
+
 def write_training_set(store, entity_df: pd.DataFrame, path, rows: int | None = None) -> dict[str, int]:
     """Join `entity_df` slice by slice (:func:`join_in_chunks`) into one parquet file at `path`.
+
+    Written to a temporary file beside `path` and renamed over it only when every slice is in, so a
+    failed build never leaves a partial training set in place of the previous one.
 
     Returns:
         The number of filled missing values per feature, over all slices.
 
     Raises:
+        ValueError: no entity rows.
         RuntimeError: a slice's columns differ from the first slice's.
     """
+    if len(entity_df) == 0:
+        raise ValueError("no entity rows to build a training set from")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    lists = _declared_list_types()
     writer, schema, fills = None, None, {}
     try:
         for frame, chunk_fills in join_in_chunks(store, entity_df, rows):
             for col, count in chunk_fills.items():
                 fills[col] = fills.get(col, 0) + count
             if writer is None:
-                table = pa.Table.from_pandas(frame, preserve_index=False)
-                schema = table.schema
-                writer = pq.ParquetWriter(str(path), schema)
-            else:
-                if list(frame.columns) != schema.names:
-                    raise RuntimeError(f"training-set slice with columns {list(frame.columns)}, "
-                                       f"expected {schema.names}")
-                # the first slice's types (a slice whose list column is all empty would infer list<null>)
-                table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-            writer.write_table(table)
-            del frame, table
+                schema = pa.Table.from_pandas(frame, preserve_index=False).schema
+                for i, field in enumerate(schema):
+                    declared = lists.get(field.name)
+                    if declared is not None and field.type != declared:
+                        schema = schema.set(i, pa.field(field.name, declared))
+                writer = pq.ParquetWriter(str(tmp), schema)
+            elif list(frame.columns) != schema.names:
+                raise RuntimeError(f"training-set slice with columns {list(frame.columns)}, "
+                                   f"expected {schema.names}")
+            # every slice in the first slice's types, list features in their declared types
+            writer.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
+            del frame
+        writer.close()
+        writer = None
+        os.replace(tmp, path)
     finally:
         if writer is not None:
             writer.close()
+        tmp.unlink(missing_ok=True)
     return fills
 
 
@@ -272,7 +303,10 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     chunks = -(-len(entities) // JOIN_CHUNK_ROWS)
     with step(STAGE, f"point-in-time join of {len(entities):,} entity rows (get_historical_features"
                      f"{f', {chunks} slices' if chunks > 1 else ''})", log) as s:
-        fills = write_training_set(store, entities, path)
+        try:
+            fills = write_training_set(store, entities, path)
+        finally:
+            offline_store.clear_cache()  # the kept view reductions: not needed once the set is written
         meta = pq.read_metadata(path)
         s["result"] = f"{meta.num_rows:,} rows, {meta.num_columns} columns"
     if meta.num_rows != len(entities):

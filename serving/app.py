@@ -275,10 +275,11 @@ class _Limiter:
     The pipeline is CPU-bound Python under one interpreter lock. On anyio's default pool (40 threads) the
     throughput fell as clients were added (1M-item benchmark: 197 req/s with 1 client, 163 with 4, 109
     with 16; 150 req/s offered collapsed to 102). Limited to 2 threads: ~205 req/s at any concurrency, 150
-    req/s p50 5.55 ms; on the event loop itself (`threads` 0, the default): 273-275 req/s, 150 req/s p50
-    4.69 / p99 8.35 ms, since the hand-off to a thread and back, and the two threads taking turns at the
-    lock, cost about 1 ms a request (benchmarks/bench_serving.py --threads, 2026-11-27, README "End to
-    end"). What a thread pool still buys: requests overlap while one waits on a slow remote store.
+    req/s p50 5.55 ms; on the event loop itself (`threads` 0, the default): 232-275 req/s over two runs,
+    150 req/s p50 4.69-4.91 / p99 8.18-8.35 ms, since the hand-off to a thread and back, and the two
+    threads taking turns at the lock, cost about 1 ms a request (benchmarks/bench_serving.py --threads,
+    2026-11-27, README "End to end"). What a thread pool still buys: requests overlap while one waits on
+    a slow remote store (with 0, every request waits behind such a read).
     """
 
     def __init__(self, threads: int):

@@ -252,7 +252,8 @@ class LearnedRanker:
             self.features = list(self.spec["features"])
             self.fill = np.array([self.spec["fill"][f] for f in self.features], dtype=np.float64)
             self.items = ItemFeatureMatrix.load(root / "items")
-            self.model = load_stacked_scorer(str(root / "ranking_tower"), len(self.features))
+            self.model = load_stacked_scorer(str(root / "ranking_tower"), len(self.features),
+                                             probe=self._probe_rows())
             self.state = ScoreState(root / "scores", catalog, pd.Timestamp(self.spec["as_of"]),
                                     self.spec["half_life_days"])
         except (OSError, KeyError, ValueError, TypeError) as e:
@@ -291,6 +292,19 @@ class LearnedRanker:
         unknown = [f for f in self.features if f not in computed]
         if unknown:
             raise RankerWiringError(f"{root / 'spec.json'}: the model reads {unknown}, which serving does not compute")
+
+    def _probe_rows(self, rows: int = 256) -> np.ndarray:
+        """Rows like those served, to check the NumPy scorer on: catalog items' own feature values (the
+        bundle's item matrix), the training fill for every other column."""
+        n_items = len(self.items.item_ids)
+        take = np.random.default_rng(0).integers(0, n_items, min(rows, n_items)) if n_items else np.zeros(0, int)
+        x = np.tile(self.fill, (len(take), 1))
+        for j, f in enumerate(self.features):
+            col = self.items.columns.get(f)
+            if col is not None and not f.startswith(TS_PREFIX):
+                v = np.asarray(col, dtype=np.float64)[take]
+                x[:, j] = np.where(np.isnan(v), self.fill[j], v)
+        return x.astype(np.float32)
 
     @staticmethod
     def _pair_keys(root: Path, catalog: Catalog) -> tuple[dict[str, np.ndarray], dict[str, frozenset]]:

@@ -90,6 +90,8 @@ class BackgroundServer:
         deadline = time.monotonic() + 30
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
+                self.server.should_exit = True
+                self._blas.restore_original_limits()  # __exit__ will not run
                 raise RuntimeError(f"server did not start on {self.url}")
             time.sleep(0.05)
         return self

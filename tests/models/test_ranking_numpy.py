@@ -36,7 +36,7 @@ def saved(tmp_path, tower: RankingTower) -> str:
 
 def test_numpy_pass_gives_the_saved_models_logits(tmp_path):
     path = saved(tmp_path, RankingTower(NAMES, cross_layers=2, hidden=(16, 8)))
-    score = load_stacked_scorer(path, F)
+    score = load_stacked_scorer(path, F, probe=rows(200, 9))
     assert score.engine == "numpy" and score.engine_reason is None
     module = tf.saved_model.load(path)
     x = rows(300, 3)
@@ -47,7 +47,7 @@ def test_numpy_pass_gives_the_saved_models_logits(tmp_path):
 
 def test_mlp_only_tower_runs_in_numpy_too(tmp_path):
     path = saved(tmp_path, RankingTower(NAMES, cross_layers=0, hidden=(8,)))
-    score = load_stacked_scorer(path, F)
+    score = load_stacked_scorer(path, F, probe=rows(200, 9))
     assert score.engine == "numpy"
     x = rows(50, 4)
     module = tf.saved_model.load(path)  # held: its functions reference its variables
@@ -73,8 +73,24 @@ class LowRankTower(RankingTower):
 @pytest.mark.parametrize("cls, reason", [(TanhTower, "differ"), (LowRankTower, "cross layer")])
 def test_a_tower_the_numpy_pass_does_not_reproduce_keeps_tensorflow(tmp_path, cls, reason):
     path = saved(tmp_path, cls(NAMES, cross_layers=1, hidden=(8,)))
-    score = load_stacked_scorer(path, F)
+    score = load_stacked_scorer(path, F, probe=rows(200, 9))
     assert score.engine == "tensorflow" and reason in score.engine_reason
     x = rows(40, 5)
     module = tf.saved_model.load(path)
     np.testing.assert_array_equal(score(x), module.score_stacked(tf.constant(x)).numpy())
+
+
+def test_without_a_probe_or_with_an_uninformative_one_tensorflow_is_kept(tmp_path):
+    """Inputs far outside the training range blow near-constant standardised features up; such a probe (or
+    none) cannot vouch for the NumPy pass."""
+    tower = RankingTower(NAMES, cross_layers=1, hidden=(8,))
+    train = rows(500, 1)
+    train[:, 2] = 0.0  # a feature constant in training (Online Retail has no views: zero variance)
+    tower.adapt({STACKED: train})
+    tower({STACKED: rows(4, 2)})
+    path = str(tmp_path / "tower")
+    tf.saved_model.save(ScoringModule(tower), path)
+    assert load_stacked_scorer(path, F).engine == "tensorflow"
+    wild = rows(50, 6)  # column 2 nonzero: standardised by 1 / epsilon
+    score = load_stacked_scorer(path, F, probe=wild)
+    assert score.engine == "tensorflow" and "not a probe" in score.engine_reason
