@@ -4,7 +4,7 @@ Not a test (timings never assert in the suite). Run:
 
     .venv/bin/python benchmarks/bench_serving.py [--cases demo,100000,1000000] [--candidates 500]
         [--concurrency 1,4,16] [--rates 50,100,150] [--requests 200] [--rounds 2] [--duration 6]
-        [--seed 0] [--threads 0] [--out build/benchmarks/serving.json]
+        [--seed 0] [--threads N] [--out build/benchmarks/serving.json]
 
 Each case runs in its own server process (a child of this script): it builds
 a :class:`serving.pipeline.Recommender`, wraps it in the real app
@@ -129,7 +129,6 @@ from typing import Callable
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_THREADS = 0  # serving.app.DEFAULT_THREADS (not imported here: this process never loads serving/)
 PREFIX = "@@bench "
 WARMUP = 40
 OPEN_LOOP_CONNECTIONS = 64
@@ -567,8 +566,8 @@ def child_main(spec: dict) -> None:
     bodies = [json.dumps(b, separators=(",", ":")).encode() for b in reqs]
     req_file = Path(spec["work"]) / f"requests_{spec['case']}.jsonl"
     req_file.write_text("".join(b.decode() + "\n" for b in bodies))
-    app = create_app(rec, max_k=max_k, threads=spec["threads"])
-    info["threads"] = spec["threads"]
+    app = create_app(rec, max_k=max_k, **({} if spec["threads"] is None else {"threads": spec["threads"]}))
+    info["threads"] = "serving.threads default" if spec["threads"] is None else spec["threads"]
     respond = _response_maker(app)
     timers = StageTimers(rec)
 
@@ -1035,8 +1034,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--duration", type=float, default=6.0, help="seconds per open-loop run")
     p.add_argument("--request-pool", type=int, default=2000, help="distinct request bodies per case")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                   help=f"pipeline threads of the server (serving.threads; default {DEFAULT_THREADS})")
+    p.add_argument("--threads", type=int, default=None,
+                   help="pipeline threads of the server (serving.threads; default: its default, 0)")
     p.add_argument("--bundle", help="demo bundle directory (default: build/bundles/CURRENT)")
     p.add_argument("--demo-work", default=str(Path(tempfile.gettempdir()) / "cartwise-bench-serving-demo"),
                    help="where `cartwise demo` builds a bundle when there is none (never build/)")

@@ -222,9 +222,8 @@ def _cached_candidates(view: FeatureView, table: Table, ts: str, created: str | 
     `pipelines/build_dataset.py` clears them once its training set is written.
     """
     identity = _file_identity(view)
-    cand = _candidates(table, ts, created, keys, features, filter_created, backfilled, tag)
     if identity is None:
-        return cand
+        return _candidates(table, ts, created, keys, features, filter_created, backfilled, tag)
     mapping = tuple(sorted((view.batch_source.field_mapping or {}).items()))
     key = (identity, mapping, ts, created, tuple(keys), tuple(features), filter_created, backfilled, tag)
     hit = _cache.get(key)
@@ -233,22 +232,26 @@ def _cached_candidates(view: FeatureView, table: Table, ts: str, created: str | 
         return hit[1]
     # a temp table of our own: ibis 12's Table.cache() releases through `drop_table`, whose SQL the DuckDB
     # installed here rejects ("DROP TABLE IF EXISTS" without a name), so the table is dropped by name
+    cand = _candidates(table, ts, created, keys, features, filter_created, backfilled, tag)
     backend = cand._find_backend()
     _limit_memory(backend)
     name = f"cw_candidates_{next(_names)}"
     cached = backend.create_table(name, cand, temp=True)
     _cache[key] = (backend, cached, name)
     while len(_cache) > CACHE_SIZE:
-        _, (old_backend, _, old_name) = _cache.popitem(last=False)
-        old_backend.raw_sql(f'DROP TABLE IF EXISTS temp.main."{old_name}"')
+        _drop_oldest()
     return cached
+
+
+def _drop_oldest() -> None:
+    _, (backend, _, name) = _cache.popitem(last=False)
+    backend.raw_sql(f'DROP TABLE IF EXISTS temp.main."{name}"')
 
 
 def clear_cache() -> None:
     """Drop every kept view reduction (the next call reduces the views afresh)."""
     while _cache:
-        _, (backend, _, name) = _cache.popitem(last=False)
-        backend.raw_sql(f'DROP TABLE IF EXISTS temp.main."{name}"')
+        _drop_oldest()
 
 
 def _backfilled(views: list) -> set[int]:

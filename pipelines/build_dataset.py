@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from cartwise.config import CartwiseConfig
 from feature_repo import definitions, feature_tables, offline_store
 from feature_repo import names as n
-from pipelines.build_features import open_store
+from pipelines.build_features import arrow_schema, open_store
 from pipelines.layout import Layout
 from pipelines.manifest import write_json, write_manifest
 from pipelines.progress import Log, default_log, step
@@ -195,18 +195,11 @@ def join_in_chunks(store, entity_df: pd.DataFrame, rows: int | None = None
 
 
 def _declared_list_types() -> dict[str, pa.DataType]:
-    """Arrow list types of the joined list features, from their Feast dtypes (a slice whose lists are all
-    empty would infer list<null>, which a later slice's values cannot be written as)."""
-    kinds = {"String": pa.string(), "Float32": pa.float32(), "Float64": pa.float64(), "Int64": pa.int64(),
-             "Int32": pa.int32(), "Bool": pa.bool_()}
-    out = {}
-    for view in JOINED_VIEWS:
-        for f in view.features:
-            text = str(f.dtype)
-            if "Array" in text:
-                inner = next((t for k, t in kinds.items() if k in text), pa.string())
-                out[f.name] = pa.list_(inner)
-    return out
+    """Arrow list types of the joined list features, as the feature tables declare them
+    (`build_features.arrow_schema`): a slice whose lists are all empty would infer list<null>, which a
+    later slice's values cannot be written as."""
+    return {field.name: field.type for view in JOINED_VIEWS for field in arrow_schema(view)
+            if pa.types.is_list(field.type)}
 
 
 def write_training_set(store, entity_df: pd.DataFrame, path, rows: int | None = None) -> dict[str, int]:

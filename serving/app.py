@@ -55,6 +55,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from cartwise.config import ServingConfig
 from serving.hotswap import BundleSlot
 from serving.pipeline import Recommender, RecommenderMetrics
 from serving.request import MAX_BODY_BYTES, BodyError, ErrorItem, ErrorResponse, RecommendRequest, SessionContext, \
@@ -265,8 +266,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-#: recommendations computed at once (`serving.threads`, cartwise.config.ServingConfig); 0: on the event loop
-DEFAULT_THREADS = 0
+#: recommendations computed at once: `serving.threads`' own default (cartwise.config.ServingConfig); 0: on the
+#: event loop
+DEFAULT_THREADS = ServingConfig.model_fields["threads"].default
 
 
 class _Limiter:
