@@ -10,11 +10,13 @@ mixture of `--clusters` components of uneven size, item norms log-normal like
 a trained candidate tower's) and queries drawn from the same mixture:
 
 1. Build: `pipelines.build_index.build_searcher` with `retrieval.index` and
-   `retrieval.k` of cartwise.yaml (exactly what export ships: tree + AH +
-   re-ordering), and the same function in its brute-force mode (ScaNN
+   `retrieval.k` of cartwise.yaml (exactly what export ships: tree with SOAR
+   + AH + re-ordering), and the same function in its brute-force mode (ScaNN
    `score_brute_force`, what it builds below `brute_force_below` items).
 2. Recall@10 (and @100, what serving asks for) of `searcher.search`, one query
    at a time, against exact top-k from NumPy (float32 matmul + argpartition).
+   Each query re-orders what serving re-orders for that many neighbours
+   (`cartwise.config.reorder_depth`: 50 for 10, 200 for 100 by default).
 3. Single-query latency p50 / p99 in microseconds, one query at a time as
    serving calls it, interleaved in blocks of 50 queries so every method sees
    the same machine load: the shipped searcher (k=10 and k=retrieval.k), NumPy
@@ -58,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cartwise.config import IndexConfig, load_config  # noqa: E402
-from pipelines.build_index import build_searcher  # noqa: E402
+from pipelines.build_index import build_searcher, query_reorder  # noqa: E402
 
 K = 10
 WARMUP = 20
@@ -127,7 +129,7 @@ def pct_us(times: list[float]) -> dict:
 
 
 def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index_cfg: IndexConfig, k_serve: int,
-               spread: float, norm_sigma: float) -> dict:
+               spread: float, norm_sigma: float, variants: dict[str, dict] | None = None) -> dict:
     rng = np.random.default_rng([seed, n, dim])
     mix = Mixture(dim, clusters, rng, spread=spread, norm_sigma=norm_sigma)
     emb = mix.sample(n, rng, items=True)
@@ -145,24 +147,37 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     bf_searcher, bf_params = build_searcher(emb, bf_cfg, k=k_serve)
     bf_build_s = time.perf_counter() - t
     assert params["type"] == "tree_ah" and bf_params["type"] == "brute_force", (params, bf_params)
+    others = {}  # --variant: other index settings, timed in the same interleaved loop
+    for name, update in (variants or {}).items():
+        others[name] = build_searcher(emb, index_cfg.model_copy(update=update), k=k_serve)
     print(f"built: shipped {params} in {build_s:.1f}s; brute-force searcher in {bf_build_s:.2f}s", flush=True)
 
     t = time.perf_counter()
     exact = exact_topk(emb, queries, max(K, k_serve))
     exact_s = time.perf_counter() - t
 
+    # each query re-orders what serving would ask for k neighbours (retrieval.index.reorder_per_neighbor)
+    pre_k, pre_serve = query_reorder(params, K), query_reorder(params, k_serve)
     for q in warm:  # page in, warm caches and thread pools
-        searcher.search(q, final_num_neighbors=K)
+        searcher.search(q, final_num_neighbors=K, pre_reorder_num_neighbors=pre_k)
         bf_searcher.search(q, final_num_neighbors=K)
         numpy_search(emb, q, K)
 
     pc = time.perf_counter
     methods = {
-        "scann": lambda q: searcher.search(q, final_num_neighbors=K)[0],
-        f"scann_k{k_serve}": lambda q: searcher.search(q, final_num_neighbors=k_serve)[0],
+        "scann": lambda q: searcher.search(q, final_num_neighbors=K, pre_reorder_num_neighbors=pre_k)[0],
+        f"scann_k{k_serve}": lambda q: searcher.search(q, final_num_neighbors=k_serve,
+                                                       pre_reorder_num_neighbors=pre_serve)[0],
         "numpy_brute_force": lambda q: numpy_search(emb, q, K),
         "scann_brute_force": lambda q: bf_searcher.search(q, final_num_neighbors=K)[0],
     }
+    for name, (vs, vp) in others.items():
+        for k in (K, k_serve):
+            methods[f"{name}@{k}"] = (lambda s_, k_, pre: lambda q: s_.search(
+                q, final_num_neighbors=k_, pre_reorder_num_neighbors=pre)[0])(vs, k, query_reorder(vp, k))
+    for q in warm:
+        for f in methods.values():
+            f(q)
     got = {m: [None] * n_queries for m in methods}
     times = {m: [0.0] * n_queries for m in methods}
     names = list(methods)
@@ -178,8 +193,9 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     lat = {m: pct_us(times[m]) for m in names}
 
     thr = {}
-    t = pc(); searcher.search_batched(queries, final_num_neighbors=K); thr["scann_batched_1thread"] = pc() - t
-    t = pc(); searcher.search_batched_parallel(queries, final_num_neighbors=K)
+    t = pc(); searcher.search_batched(queries, final_num_neighbors=K, pre_reorder_num_neighbors=pre_k)
+    thr["scann_batched_1thread"] = pc() - t
+    t = pc(); searcher.search_batched_parallel(queries, final_num_neighbors=K, pre_reorder_num_neighbors=pre_k)
     thr["scann_batched_parallel"] = pc() - t
     t = pc(); exact_topk(emb, queries, K); thr["numpy_batched"] = pc() - t
     t = pc(); bf_searcher.search_batched_parallel(queries, final_num_neighbors=K)
@@ -193,7 +209,8 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
                       | {params["num_leaves_to_search"]}):
         ts, g = [], []
         for q in queries:
-            t = pc(); idx, _ = searcher.search(q, final_num_neighbors=K, leaves_to_search=lts); ts.append(pc() - t)
+            t = pc(); idx, _ = searcher.search(q, final_num_neighbors=K, pre_reorder_num_neighbors=pre_k,
+                                             leaves_to_search=lts); ts.append(pc() - t)
             g.append(idx)
         p50 = float(np.percentile(ts, 50)) * 1e6
         sweep.append({"leaves_to_search": lts, "recall_at_10": recall(g, exact, K), "p50_us": p50,
@@ -204,7 +221,7 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
 
     r = {
         "items": n, "dim": dim, "clusters": clusters, "queries": n_queries, "k_serve": k_serve,
-        "params": params,
+        "params": params, "pre_reorder": {str(K): pre_k, str(k_serve): pre_serve},
         "build_s": build_s, "brute_force_build_s": bf_build_s, "exact_ground_truth_s": exact_s,
         "recall_at_10": recall(got["scann"], exact, K),
         f"recall_at_{k_serve}": recall(got[f"scann_k{k_serve}"], exact, k_serve),
@@ -221,11 +238,23 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
     }
     r["goal_met"] = r["recall_at_10"] >= 0.95 and r["ratio_p50_vs_numpy"] >= 50
+    r["variants"] = {}
+    for name, (_, vp) in others.items():
+        v = {"params": vp, "recall_at_10": recall(got[f"{name}@{K}"], exact, K),
+             f"recall_at_{k_serve}": recall(got[f"{name}@{k_serve}"], exact, k_serve),
+             "latency_us": lat[f"{name}@{K}"], f"latency_us_k{k_serve}": lat[f"{name}@{k_serve}"]}
+        v["ratio_p50_vs_numpy"] = lat["numpy_brute_force"]["p50"] / v["latency_us"]["p50"]
+        v["goal_met"] = v["recall_at_10"] >= 0.95 and v["ratio_p50_vs_numpy"] >= 50
+        r["variants"][name] = v
+        print(f"  variant {name} ({vp['num_leaves_to_search']} / {vp['num_leaves']} leaves): recall@10 "
+              f"{v['recall_at_10']:.4f} at {v['latency_us']['p50']:.0f} us ({v['ratio_p50_vs_numpy']:.0f}x), "
+              f"recall@{k_serve} {v[f'recall_at_{k_serve}']:.4f} at {v[f'latency_us_k{k_serve}']['p50']:.0f} us",
+              flush=True)
     print(f"recall@10 {r['recall_at_10']:.4f}, recall@{k_serve} {r[f'recall_at_{k_serve}']:.4f}; "
           f"p50 {lat['scann']['p50']:.0f} us vs numpy {lat['numpy_brute_force']['p50']:.0f} us "
           f"({r['ratio_p50_vs_numpy']:.0f}x), vs ScaNN brute force {lat['scann_brute_force']['p50']:.0f} us "
           f"({r['ratio_p50_vs_scann_brute_force']:.0f}x)", flush=True)
-    del searcher, bf_searcher, emb
+    del searcher, bf_searcher, emb, others
     return r
 
 
@@ -249,6 +278,20 @@ def table(results: list[dict]) -> str:
                f"({r['throughput_ratio_1thread_vs_numpy']:.0f}x) / {q['scann_batched_parallel']:,.0f}",
                "met" if r["goal_met"] else "NOT met"]
         lines.append("| " + " | ".join(row) + " |")
+    if any(r.get("variants") for r in results):
+        lines += ["", f"| items | dim | settings | leaves searched | recall@10 | p50 µs | ratio p50 vs NumPy | "
+                      f"recall@{ks} | k={ks} p50 µs | goal |", "|" + "---:|" * 10]
+        for r in results:
+            p = r["params"]
+            rows = [("shipped", p, r["recall_at_10"], r["latency_us"]["scann"]["p50"], r["ratio_p50_vs_numpy"],
+                     r[f"recall_at_{ks}"], r["latency_us"][f"scann_k{ks}"]["p50"], r["goal_met"])]
+            rows += [(name, v["params"], v["recall_at_10"], v["latency_us"]["p50"], v["ratio_p50_vs_numpy"],
+                      v[f"recall_at_{ks}"], v[f"latency_us_k{ks}"]["p50"], v["goal_met"])
+                     for name, v in r.get("variants", {}).items()]
+            for name, vp, r10, p50, ratio, rk, pk, met in rows:
+                lines.append(f"| {r['items']:,} | {r['dim']} | {name} | {vp['num_leaves_to_search']} / "
+                             f"{vp['num_leaves']} | {r10:.4f} | {p50:.0f} | {ratio:.0f}x | {rk:.4f} | {pk:.0f} | "
+                             f"{'met' if met else 'NOT met'} |")
     return "\n".join(lines)
 
 
@@ -263,7 +306,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default=str(ROOT / "cartwise.yaml"), help="retrieval.index and retrieval.k from here")
     p.add_argument("--out", default=str(ROOT / "build" / "benchmarks" / "index.json"))
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                   help='other retrieval.index settings timed beside the shipped ones in the same loop, e.g. '
+                        '\'previous={"soar_lambda": null, "dims_per_block": 2, "reorder_per_neighbor": 0}\' '
+                        '(repeatable; "{sqrt_leaves}" in the JSON stands for round(sqrt(leaves)) of the case)')
     args = p.parse_args(argv)
+    variants = {}
+    for spec in args.variant:
+        name, _, raw = spec.partition("=")
+        if not name or not raw:
+            p.error(f"--variant {spec!r}: expected NAME=JSON")
+        variants[name] = raw
     sizes = [int(s) for s in args.sizes.split(",")]
     dims = [int(d) for d in args.dims.split(",")]
     retrieval = load_config(args.config).retrieval
@@ -277,8 +330,11 @@ def main(argv: list[str] | None = None) -> None:
     for n in sizes:
         for d in dims:
             clusters = max(1, min(args.clusters, n // 20))
+            leaves = retrieval.index.num_leaves or max(2, int(n ** 0.5))
+            case_variants = {name: json.loads(raw.replace("{sqrt_leaves}", str(round(leaves ** 0.5))))
+                             for name, raw in variants.items()}
             results.append(bench_case(n, d, args.queries, clusters, args.seed, retrieval.index, retrieval.k,
-                                      args.spread, args.norm_sigma))
+                                      args.spread, args.norm_sigma, case_variants))
     print()
     print(table(results))
     out = Path(args.out)

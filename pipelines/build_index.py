@@ -11,16 +11,21 @@ import math
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
-from cartwise.config import IndexConfig
+from cartwise.config import IndexConfig, reorder_depth
 
 
 def build_searcher(embeddings: np.ndarray, cfg: IndexConfig, k: int = 10):
     """A ScaNN pybind searcher for maximum inner product.
 
     Below `cfg.brute_force_below` items the search is exact; above, a tree
-    (about sqrt(n) leaves) with asymmetric hashing and exact re-ordering.
-    Unless configured, a query searches `default_leaves_to_search(leaves)`
-    leaves (3 sqrt(leaves): 53 of 316 at 100k items, 95 of 1,000 at 1M).
+    (about sqrt(n) leaves; with `cfg.soar_lambda` each item is also filed in
+    a second leaf, SOAR: Sun et al., NeurIPS 2023), asymmetric hashing
+    (`dims_per_block`, default :func:`default_dims_per_block`) and exact
+    re-ordering. Unless configured, a query searches
+    `default_leaves_to_search(leaves)` leaves. Callers pass
+    `pre_reorder_num_neighbors=reorder_depth(k, ...)` per query (serving,
+    the export's recall gate, the benchmark); the searcher's own default is
+    `cfg.reorder`.
 
     Args:
         embeddings: float32 [N, D].
@@ -31,39 +36,68 @@ def build_searcher(embeddings: np.ndarray, cfg: IndexConfig, k: int = 10):
         (searcher, params): the searcher and the parameters used (for the manifest).
     """
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-    n = emb.shape[0]
+    n, dim = emb.shape
     if n == 0:
         raise ValueError("cannot build an index over zero items")
     builder = scann_ops_pybind.builder(emb, min(k, n), "dot_product")
     if n < max(cfg.brute_force_below, 16):
         return builder.score_brute_force().build(), {"type": "brute_force", "items": n}
     leaves = cfg.num_leaves or max(2, int(math.sqrt(n)))
-    search = cfg.num_leaves_to_search or default_leaves_to_search(leaves)
-    searcher = (builder.tree(num_leaves=leaves, num_leaves_to_search=min(search, leaves), training_sample_size=n)
-                .score_ah(2, anisotropic_quantization_threshold=0.2)
+    search = min(cfg.num_leaves_to_search or default_leaves_to_search(leaves), leaves)
+    dpb = min(cfg.dims_per_block or default_dims_per_block(dim), dim)
+    searcher = (builder.tree(num_leaves=leaves, num_leaves_to_search=search, training_sample_size=n,
+                             soar_lambda=cfg.soar_lambda)
+                .score_ah(dpb, anisotropic_quantization_threshold=0.2)
                 .reorder(cfg.reorder)
                 .build())
-    return searcher, {"type": "tree_ah", "items": n, "num_leaves": leaves,
-                      "num_leaves_to_search": min(search, leaves), "reorder": cfg.reorder}
+    return searcher, {"type": "tree_ah", "items": n, "num_leaves": leaves, "num_leaves_to_search": search,
+                      "soar_lambda": cfg.soar_lambda, "dims_per_block": dpb, "reorder": cfg.reorder,
+                      "reorder_per_neighbor": cfg.reorder_per_neighbor}
+
+
+def default_dims_per_block(dim: int) -> int:
+    """Dimensions per AH codebook when not configured: 1 below 64-d, else 2 (at least 32 codebooks).
+
+    The hash's precision grows with its number of codebooks. At 100k clustered
+    32-d items (benchmarks/bench_index.py's mixture, SOAR, 18 of 316 leaves,
+    50 candidates re-ordered) recall@10 was 0.919 with 2 dimensions per block
+    (16 codebooks) and 0.949 with 1 (32), for 14 vs 17 us; at 64-d 2 per
+    block gives 32 codebooks and 0.97.
+    """
+    return 1 if dim < 64 else 2
+
+
+#: most leaves a query searches by default (past it recall@10 stops growing at 1M items; see below)
+MAX_DEFAULT_LEAVES_TO_SEARCH = 50
 
 
 def default_leaves_to_search(leaves: int) -> int:
-    """Leaves a query searches when `num_leaves_to_search` is not configured: 3 sqrt(leaves).
+    """Leaves a query searches when `num_leaves_to_search` is not configured: 3 sqrt(leaves), at most 50.
 
-    A shrinking share of the leaves (17% of 316, 9.5% of 1,000), because the
-    leaves that hold a query's top 10 grow more slowly than the tree.
-    benchmarks/bench_index.py (clustered 32/64-d embeddings, recall@10 against
-    brute force) shows why: at 100k items recall@10 is 0.945-0.947 at 32
-    leaves and 0.963-0.976 at 63; at 1M it is 0.975-0.997 from 50 leaves on
-    and flat after 100, where the AH + re-ordering limit dominates. Half the
-    leaves (the former default) bought at most 0.02 more recall@10 at 2-5x the
-    latency (1M: 23x faster than brute force instead of >100x). On the demo's
-    trained embeddings (3,648 items, 60 leaves) 23 leaves give recall@10 0.997.
+    A shrinking share of the leaves (17% of 316, 5% of 1,000), because the
+    leaves that hold a query's top 10 grow more slowly than the tree: at 1M
+    clustered items (benchmarks/bench_index.py, SOAR, 1,000 leaves) recall@10
+    was 0.993 / 0.996 / 0.996 at 20 / 50 / 95 leaves (64-d) and 0.973 / 0.976
+    / 0.977 (32-d), for 32 / 62 / 109 us. Small trees need a larger share for
+    the trained towers' queries, which are harder than the benchmark's
+    synthetic ones: on the demo bundle's 200 golden queries (3,648 items, 60
+    leaves, SOAR) recall@10 / @60 was 0.99 / 0.97 at 23 leaves but 0.85-0.91
+    / 0.78-0.84 at 8 (sqrt(leaves)). Export refuses an index whose recall on
+    its golden queries (real users' queries) is below `min_recall`: raise
+    `num_leaves_to_search` then.
     """
-    return max(1, min(leaves, round(3 * math.sqrt(leaves))))
+    return max(1, min(leaves, round(3 * math.sqrt(leaves)), MAX_DEFAULT_LEAVES_TO_SEARCH))
 
 
-def recall_vs_brute_force(searcher, embeddings: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+def query_reorder(params: dict, k: int) -> int | None:
+    """`pre_reorder_num_neighbors` for a query of `k` neighbours on the index `params` describe (None: exact index)."""
+    if params.get("type") != "tree_ah":
+        return None
+    return reorder_depth(k, params["reorder"], params.get("reorder_per_neighbor"))
+
+
+def recall_vs_brute_force(searcher, embeddings: np.ndarray, queries: np.ndarray, k: int = 10,
+                          pre_reorder: int | None = None) -> float:
     """Mean recall@k of the searcher's results against exact inner-product search.
 
     Args:
@@ -71,8 +105,11 @@ def recall_vs_brute_force(searcher, embeddings: np.ndarray, queries: np.ndarray,
         embeddings: float32 [N, D].
         queries: float32 [Q, D] golden queries.
         k: neighbours compared.
+        pre_reorder: candidates re-ordered per query (`reorder_depth(k, ...)`, as serving asks);
+            None: the searcher's default.
     """
     k = min(k, embeddings.shape[0])
-    got, _ = searcher.search_batched(np.ascontiguousarray(queries, dtype=np.float32), final_num_neighbors=k)
+    more = {"pre_reorder_num_neighbors": max(k, pre_reorder)} if pre_reorder else {}
+    got, _ = searcher.search_batched(np.ascontiguousarray(queries, dtype=np.float32), final_num_neighbors=k, **more)
     exact = np.argsort(-(queries @ embeddings.T), axis=1, kind="stable")[:, :k]
     return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(got, exact)]))

@@ -13,7 +13,7 @@ import pytest
 
 from cartwise import bundle as b
 from cartwise.config import IndexConfig
-from pipelines.build_index import build_searcher, recall_vs_brute_force
+from pipelines.build_index import build_searcher, query_reorder, recall_vs_brute_force
 
 pytestmark = pytest.mark.integration
 
@@ -54,10 +54,14 @@ def test_tree_ah_recall_at_10_vs_brute_force(data, shipped):
     # one query at a time, as serving calls it, against matmul + argpartition brute force
     exact = [set(row.tolist()) for lo in range(0, N_QUERIES, 250)
              for row in np.argpartition(queries[lo:lo + 250] @ emb.T, -10, axis=1)[:, -10:]]
-    got = [set(np.asarray(searcher.search(q, final_num_neighbors=10)[0]).tolist()) for q in queries]
+    # re-ordering what serving re-orders for 10 neighbours
+    pre = query_reorder(params, 10)
+    assert pre == 50 and params["soar_lambda"] and params["dims_per_block"] == 1  # 32-d: one dimension per block
+    got = [set(np.asarray(searcher.search(q, final_num_neighbors=10, pre_reorder_num_neighbors=pre)[0]).tolist())
+           for q in queries]
     assert np.mean([len(g & e) / 10 for g, e in zip(got, exact)]) >= 0.95
     # the export gate's own measure (batched; full argsort, so on a subset)
-    assert recall_vs_brute_force(searcher, emb, queries[:300], k=10) >= 0.95
+    assert recall_vs_brute_force(searcher, emb, queries[:300], k=10, pre_reorder=pre) >= 0.95
 
 
 def test_serialized_index_loads_with_identical_neighbours(data, shipped, tmp_path):
@@ -75,3 +79,29 @@ def test_serialized_index_loads_with_identical_neighbours(data, shipped, tmp_pat
     for q in queries[:50]:
         np.testing.assert_array_equal(loaded.search(q, final_num_neighbors=10)[0],
                                       searcher.search(q, final_num_neighbors=10)[0])
+
+
+def test_serving_source_reorders_what_its_request_needs(data, shipped):
+    """The two-tower source asks the tree + AH index for its neighbours with the re-ordering depth of
+    `reorder_depth`: 5 per neighbour for a short list (the searcher's default of 200 would be wasted),
+    and past `reorder` when a request wants more neighbours than that (it returns them all)."""
+    import datetime as dt
+
+    from cartwise.config import TwoTowerSourceConfig, reorder_depth
+    from serving.sources import ROW, Catalog, Query, ScannSource
+
+    emb, queries = data
+    searcher, params = shipped
+    ids = [f"I{i:05d}" for i in range(len(emb))]
+    catalog = Catalog(ids, ["c"] * len(ids), ids[:10], None, None, searcher=searcher,
+                      reorder=params["reorder"], reorder_per_neighbor=params["reorder_per_neighbor"])
+    source = ScannSource(TwoTowerSourceConfig(type="two_tower")).bind(catalog)
+    for q in queries[:20]:
+        query = Query(None, q, None, np.zeros(0, np.int64), np.zeros(0, np.int64), -1,
+                      np.zeros(len(ids), bool), 0, dt.datetime.now(dt.timezone.utc))
+        for n in (10, 60, 300):
+            depth = reorder_depth(n, params["reorder"], params["reorder_per_neighbor"])
+            assert depth == {10: 50, 60: 200, 300: 300}[n]
+            want, _ = searcher.search(q, final_num_neighbors=n, pre_reorder_num_neighbors=depth)
+            got = source.retrieve(query, n).column(ROW)
+            assert len(got) == n and sorted(got.tolist()) == sorted(np.asarray(want).tolist())
