@@ -41,8 +41,8 @@ import pandas as pd  # noqa: E402
 from cartwise.bundle import current_bundle  # noqa: E402
 from cartwise.config import load_config  # noqa: E402
 from feature_repo import names as n  # noqa: E402
-from pipelines import (build_dataset, build_features, build_ranking_dataset, export, train_ranking,  # noqa: E402
-                       train_retrieval, validate_dataset)
+from cartwise.demo import TRAINING  # noqa: E402
+from pipelines import build_features, export  # noqa: E402
 from pipelines.build_dataset import train_cutoff  # noqa: E402
 from pipelines.metrics import hit_at_k, ndcg_at_k, recall_at_k  # noqa: E402
 from serving.pipeline import Recommender, RetrievalScoreRanker  # noqa: E402
@@ -68,12 +68,10 @@ def build_bundle(config_path: Path, work: Path, log) -> tuple[object, pd.DataFra
     events[events[n.EVENT_TIMESTAMP] < cutoff].to_parquet(work / "ingest" / "events.parquet", index=False)
     shutil.copy2(src / "items.parquet", work / "ingest" / "items.parquet")
     shutil.copy2(src / "manifest.json", work / "ingest" / "manifest.json")  # provenance of the ingest
-    for name, mod in (("build-features", build_features), ("build-dataset", build_dataset),
-                      ("validate", validate_dataset), ("train", train_retrieval),
-                      ("build-ranking-dataset", build_ranking_dataset), ("train-ranking", train_ranking),
-                      ("export", export)):
+    # the demo's stages after ingest (the events are already cut at the split)
+    for name, run in (("build-features", build_features.run), *TRAINING, ("export", export.run)):
         t = time.perf_counter()
-        mod.run(cfg, log=quiet)
+        run(cfg, log=quiet)
         log(f"{name}: {time.perf_counter() - t:.0f}s")
     return (cfg, *split_of(config_path))
 

@@ -160,9 +160,10 @@ def reorder_depth(k: int, reorder: int, per_neighbor: int | None) -> int:
     `per_neighbor` x k, capped at `reorder`, and never fewer than k (ScaNN
     returns at most the re-ordered candidates); `per_neighbor` 0 or None (a
     bundle exported before the setting existed) re-orders `reorder`.
-    Re-ordering reads each candidate's float vector: at 100k x 64-d, 200
-    candidates cost about 8 us of a 25 us query (benchmarks/bench_index.py),
-    which a query for 10 neighbours does not need.
+    Re-ordering reads each candidate's float vector: at 100k x 32-d,
+    re-ordering 200 instead of 50 candidates for a query of 10 added 5-9 us
+    to a 14-17 us query for at most 0.03 recall@10 (benchmarks/bench_index.py's
+    mixture, 2026-11-27).
     """
     k, reorder = int(k), int(reorder)
     if not per_neighbor:
