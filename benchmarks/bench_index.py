@@ -59,8 +59,9 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cartwise.bundle import query_reorder  # noqa: E402
 from cartwise.config import IndexConfig, load_config  # noqa: E402
-from pipelines.build_index import build_searcher, query_reorder  # noqa: E402
+from pipelines.build_index import build_searcher, default_num_leaves  # noqa: E402
 
 K = 10
 WARMUP = 20
@@ -149,7 +150,11 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     assert params["type"] == "tree_ah" and bf_params["type"] == "brute_force", (params, bf_params)
     others = {}  # --variant: other index settings, timed in the same interleaved loop
     for name, update in (variants or {}).items():
-        others[name] = build_searcher(emb, index_cfg.model_copy(update=update), k=k_serve)
+        # validated like cartwise.yaml's section: a misspelt key fails instead of timing the shipped settings
+        others[name] = build_searcher(emb, IndexConfig.model_validate({**index_cfg.model_dump(), **update}),
+                                      k=k_serve)
+        if others[name][1]["type"] != "tree_ah":
+            raise SystemExit(f"--variant {name}: builds an exact index at {n:,} items; only tree + AH variants")
     print(f"built: shipped {params} in {build_s:.1f}s; brute-force searcher in {bf_build_s:.2f}s", flush=True)
 
     t = time.perf_counter()
@@ -158,11 +163,6 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
 
     # each query re-orders what serving would ask for k neighbours (retrieval.index.reorder_per_neighbor)
     pre_k, pre_serve = query_reorder(params, K), query_reorder(params, k_serve)
-    for q in warm:  # page in, warm caches and thread pools
-        searcher.search(q, final_num_neighbors=K, pre_reorder_num_neighbors=pre_k)
-        bf_searcher.search(q, final_num_neighbors=K)
-        numpy_search(emb, q, K)
-
     pc = time.perf_counter
     methods = {
         "scann": lambda q: searcher.search(q, final_num_neighbors=K, pre_reorder_num_neighbors=pre_k)[0],
@@ -175,7 +175,7 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
         for k in (K, k_serve):
             methods[f"{name}@{k}"] = (lambda s_, k_, pre: lambda q: s_.search(
                 q, final_num_neighbors=k_, pre_reorder_num_neighbors=pre)[0])(vs, k, query_reorder(vp, k))
-    for q in warm:
+    for q in warm:  # page in, warm caches and thread pools
         for f in methods.values():
             f(q)
     got = {m: [None] * n_queries for m in methods}
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     for n in sizes:
         for d in dims:
             clusters = max(1, min(args.clusters, n // 20))
-            leaves = retrieval.index.num_leaves or max(2, int(n ** 0.5))
+            leaves = retrieval.index.num_leaves or default_num_leaves(n)
             case_variants = {name: json.loads(raw.replace("{sqrt_leaves}", str(round(leaves ** 0.5))))
                              for name, raw in variants.items()}
             results.append(bench_case(n, d, args.queries, clusters, args.seed, retrieval.index, retrieval.k,

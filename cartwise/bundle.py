@@ -26,7 +26,8 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import numpy as np
 
@@ -424,6 +425,38 @@ def _content_embeddings(root: Path, n_items: int) -> np.ndarray | None:
     return emb
 
 
+def reorder_depth(k: int, reorder: int, per_neighbor: int | None) -> int:
+    """Candidates a tree + AH index re-orders exactly for a query of `k` neighbours.
+
+    `per_neighbor` x k, capped at `reorder`, and never fewer than k (ScaNN
+    returns at most the re-ordered candidates); `per_neighbor` 0 or None (a
+    bundle exported before the setting existed) re-orders `reorder`.
+    Re-ordering reads each candidate's float vector: at 100k x 32-d,
+    re-ordering 200 instead of 50 candidates for a query of 10 added 5-9 us
+    to a 14-26 us query for at most 0.03 recall@10 (benchmarks/bench_index.py's
+    mixture, 2026-11-27).
+    """
+    k, reorder = int(k), int(reorder)
+    if not per_neighbor:
+        return max(k, reorder)
+    return max(k, min(reorder, int(per_neighbor) * k))
+
+
+def query_reorder(index: Mapping[str, Any] | None, k: int) -> int | None:
+    """`pre_reorder_num_neighbors` for a query of `k` neighbours on the index that `index` describes.
+
+    Args:
+        index: the index parameters (`build_searcher`'s, a bundle manifest's `index`).
+        k: neighbours asked for.
+
+    Returns:
+        :func:`reorder_depth` for a tree + AH index; None for an exact (brute-force) one or none.
+    """
+    if not index or index.get("type") != "tree_ah":
+        return None
+    return reorder_depth(k, index["reorder"], index.get("reorder_per_neighbor"))
+
+
 def _exact_scores(searcher) -> bool:
     """Whether the searcher returns exact float dot products: brute force or exact re-ordering, in float.
 
@@ -566,7 +599,10 @@ def _replay_golden(b: LoadedBundle, embeddings: np.ndarray, search: bool = True)
         return stats, []
     k = min(int(spec["k"]), n)
     stored = np.ascontiguousarray(stored, dtype=np.float32)
-    got, dist = b.searcher.search_batched(stored, final_num_neighbors=k)
+    # re-ordering as deep as the export gate that recorded the expected neighbours (and serving, for k)
+    pre = query_reorder(b.manifest.get("index"), k)
+    got, dist = b.searcher.search_batched(stored, final_num_neighbors=k,
+                                          **({"pre_reorder_num_neighbors": pre} if pre else {}))
     got, dist = np.asarray(got, dtype=np.int64), np.asarray(dist, dtype=np.float32)
     exact_scores = _exact_scores(b.searcher)
     overlap, wrong, worst = 0, set(), 0.0

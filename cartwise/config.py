@@ -135,12 +135,12 @@ class IndexConfig(_Section):
     Above it (pipelines/build_index.py): a tree of `num_leaves` leaves
     (default about sqrt(items)), each item also filed in a second leaf chosen
     by SOAR (`soar_lambda`; None: one leaf per item), asymmetric hashing with
-    `dims_per_block` dimensions per codebook (default: 1 below 64-d, else 2,
-    so the hash keeps at least 32 codebooks), then exact re-ordering of the
-    best hashed candidates: a query for k neighbours re-orders
-    `reorder_per_neighbor` x k of them, at most `reorder` (never fewer than
-    k; `reorder_per_neighbor: 0` always re-orders `reorder`), see
-    :func:`reorder_depth`. Export fails when the index's recall@10 against
+    `dims_per_block` dimensions per codebook (default: 1 below 64-d, else 2:
+    at least 32 codebooks from 32-d up), then exact re-ordering of the best
+    hashed candidates: a query for k neighbours re-orders
+    `reorder_per_neighbor` x k of them, at most `reorder` unless k itself is
+    more (`reorder_per_neighbor: 0` always re-orders `reorder`), see
+    `cartwise.bundle.reorder_depth`. Export fails when the index's recall@10 against
     brute force on golden queries is below `min_recall`.
     """
 
@@ -153,22 +153,6 @@ class IndexConfig(_Section):
     brute_force_below: int = Field(2000, ge=0)
     min_recall: float = Field(0.9, ge=0.0, le=1.0)
 
-
-def reorder_depth(k: int, reorder: int, per_neighbor: int | None) -> int:
-    """Candidates a tree + AH index re-orders exactly for a query of `k` neighbours.
-
-    `per_neighbor` x k, capped at `reorder`, and never fewer than k (ScaNN
-    returns at most the re-ordered candidates); `per_neighbor` 0 or None (a
-    bundle exported before the setting existed) re-orders `reorder`.
-    Re-ordering reads each candidate's float vector: at 100k x 32-d,
-    re-ordering 200 instead of 50 candidates for a query of 10 added 5-9 us
-    to a 14-17 us query for at most 0.03 recall@10 (benchmarks/bench_index.py's
-    mixture, 2026-11-27).
-    """
-    k, reorder = int(k), int(reorder)
-    if not per_neighbor:
-        return max(k, reorder)
-    return max(k, min(reorder, int(per_neighbor) * k))
 
 
 SOURCE_TYPES = ("two_tower", "bought_together", "content", "repeat", "popular_in_category", "popularity")

@@ -11,7 +11,7 @@ import math
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
-from cartwise.config import IndexConfig, reorder_depth
+from cartwise.config import IndexConfig
 
 
 def build_searcher(embeddings: np.ndarray, cfg: IndexConfig, k: int = 10):
@@ -22,10 +22,11 @@ def build_searcher(embeddings: np.ndarray, cfg: IndexConfig, k: int = 10):
     a second leaf, SOAR: Sun et al., NeurIPS 2023), asymmetric hashing
     (`dims_per_block`, default :func:`default_dims_per_block`) and exact
     re-ordering. Unless configured, a query searches
-    `default_leaves_to_search(leaves)` leaves. Callers pass
-    `pre_reorder_num_neighbors=reorder_depth(k, ...)` per query (serving,
-    the export's recall gate, the benchmark); the searcher's own default is
-    `cfg.reorder`.
+    `default_leaves_to_search(leaves)` leaves. Every caller passes
+    `pre_reorder_num_neighbors=cartwise.bundle.query_reorder(params, k)`
+    per query (serving's two-tower source, evaluation, the export's recall
+    gate and the bundle's golden replay, the benchmark); the searcher's own
+    default is `cfg.reorder`.
 
     Args:
         embeddings: float32 [N, D].
@@ -42,7 +43,7 @@ def build_searcher(embeddings: np.ndarray, cfg: IndexConfig, k: int = 10):
     builder = scann_ops_pybind.builder(emb, min(k, n), "dot_product")
     if n < max(cfg.brute_force_below, 16):
         return builder.score_brute_force().build(), {"type": "brute_force", "items": n}
-    leaves = cfg.num_leaves or max(2, int(math.sqrt(n)))
+    leaves = cfg.num_leaves or default_num_leaves(n)
     search = min(cfg.num_leaves_to_search or default_leaves_to_search(leaves), leaves)
     dpb = min(cfg.dims_per_block or default_dims_per_block(dim), dim)
     searcher = (builder.tree(num_leaves=leaves, num_leaves_to_search=search, training_sample_size=n,
@@ -55,8 +56,13 @@ def build_searcher(embeddings: np.ndarray, cfg: IndexConfig, k: int = 10):
                       "reorder_per_neighbor": cfg.reorder_per_neighbor}
 
 
+def default_num_leaves(n: int) -> int:
+    """Leaves of the tree when `num_leaves` is not configured: about sqrt(items)."""
+    return max(2, int(math.sqrt(n)))
+
+
 def default_dims_per_block(dim: int) -> int:
-    """Dimensions per AH codebook when not configured: 1 below 64-d, else 2 (at least 32 codebooks).
+    """Dimensions per AH codebook when not configured: 1 below 64-d, else 2 (32 codebooks or more from 32-d).
 
     The hash's precision grows with its number of codebooks. At 100k clustered
     32-d items (benchmarks/bench_index.py's mixture, SOAR, 18 of 316 leaves,
@@ -74,7 +80,7 @@ MAX_DEFAULT_LEAVES_TO_SEARCH = 50
 def default_leaves_to_search(leaves: int) -> int:
     """Leaves a query searches when `num_leaves_to_search` is not configured: 3 sqrt(leaves), at most 50.
 
-    A shrinking share of the leaves (17% of 316, 5% of 1,000), because the
+    A shrinking share of the leaves (16% of 316, 5% of 1,000), because the
     leaves that hold a query's top 10 grow more slowly than the tree: at 1M
     clustered items (benchmarks/bench_index.py, SOAR, 1,000 leaves) recall@10
     was 0.993 / 0.996 / 0.996 at 20 / 50 / 95 leaves (64-d) and 0.973 / 0.976
@@ -87,13 +93,6 @@ def default_leaves_to_search(leaves: int) -> int:
     `num_leaves_to_search` then.
     """
     return max(1, min(leaves, round(3 * math.sqrt(leaves)), MAX_DEFAULT_LEAVES_TO_SEARCH))
-
-
-def query_reorder(params: dict, k: int) -> int | None:
-    """`pre_reorder_num_neighbors` for a query of `k` neighbours on the index `params` describe (None: exact index)."""
-    if params.get("type") != "tree_ah":
-        return None
-    return reorder_depth(k, params["reorder"], params.get("reorder_per_neighbor"))
 
 
 def recall_vs_brute_force(searcher, embeddings: np.ndarray, queries: np.ndarray, k: int = 10,
@@ -109,7 +108,7 @@ def recall_vs_brute_force(searcher, embeddings: np.ndarray, queries: np.ndarray,
             None: the searcher's default.
     """
     k = min(k, embeddings.shape[0])
-    more = {"pre_reorder_num_neighbors": max(k, pre_reorder)} if pre_reorder else {}
+    more = {"pre_reorder_num_neighbors": pre_reorder} if pre_reorder else {}
     got, _ = searcher.search_batched(np.ascontiguousarray(queries, dtype=np.float32), final_num_neighbors=k, **more)
     exact = np.argsort(-(queries @ embeddings.T), axis=1, kind="stable")[:, :k]
     return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(got, exact)]))

@@ -37,7 +37,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cartwise.bundle import CANDIDATE_TOWER, QUERY_TOWER, load_tower
+from cartwise.bundle import CANDIDATE_TOWER, QUERY_TOWER, load_tower, query_reorder
 from cartwise.config import CartwiseConfig
 from feature_repo import names as n
 from pipelines.build_dataset import train_cutoff
@@ -87,13 +87,20 @@ def repeat_lists(history: pd.DataFrame, users: Sequence[str], as_of: pd.Timestam
 
 
 def model_lists(embed_query: Callable, searcher, item_ids: np.ndarray, user_frame: pd.DataFrame,
-                length: int) -> dict[str, list[str]]:
-    """Top-`length` items per user from the query tower and the ScaNN index."""
+                length: int, index: Mapping | None = None) -> dict[str, list[str]]:
+    """Top-`length` items per user from the query tower and the ScaNN index.
+
+    `index`: the index parameters (`build_searcher`'s or a manifest's); a tree + AH index re-orders as many
+    candidates as serving would for `length` neighbours (`cartwise.bundle.query_reorder`), else it returns
+    at most its default re-ordering depth.
+    """
     if user_frame.empty:
         return {}
     q = embed_query(tensors(user_frame, QUERY_STRINGS, QUERY_FLOATS))
-    idx, _ = searcher.search_batched(np.ascontiguousarray(q, dtype=np.float32),
-                                     final_num_neighbors=min(length, len(item_ids)))
+    k = min(length, len(item_ids))
+    pre = query_reorder(index, k)
+    idx, _ = searcher.search_batched(np.ascontiguousarray(q, dtype=np.float32), final_num_neighbors=k,
+                                     **({"pre_reorder_num_neighbors": pre} if pre else {}))
     users = user_frame[n.USER_ID].astype(str).tolist()
     return {u: item_ids[row].tolist() for u, row in zip(users, idx)}
 
@@ -201,6 +208,7 @@ def test_targets(history: pd.DataFrame, test: pd.DataFrame) -> tuple[list[str], 
 
 def evaluate_all(*, history: pd.DataFrame, test: pd.DataFrame, popular: list[str], catalog: set[str],
                  embed_query: Callable, searcher, item_ids: np.ndarray, user_features: Callable[[list[str]], pd.DataFrame],
+                 index: Mapping | None,
                  as_of: pd.Timestamp, ks: Sequence[int], log: Log) -> dict:
     """The two-tower index and the baselines a bundle can compute (`run_on_file`).
 
@@ -215,7 +223,7 @@ def evaluate_all(*, history: pd.DataFrame, test: pd.DataFrame, popular: list[str
     length = max_k + max((len(s) for s in hist_sets.values()), default=0)
     with step(STAGE, f"two-tower and baselines for {len(users):,} warm test users", log):
         lists = {
-            "two_tower": model_lists(embed_query, searcher, item_ids, user_features(users), length),
+            "two_tower": model_lists(embed_query, searcher, item_ids, user_features(users), length, index),
             "popularity": {u: popular[:length] for u in users},
             "repeat": repeat_lists(history, users, as_of, popular, length),
         }
@@ -307,7 +315,7 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     with step(STAGE, f"two-tower retrieval for {len(users):,} warm test users", log):
         lists["two_tower"] = model_lists(load_tower(layout.model / QUERY_TOWER), searcher,
                                          np.asarray(known, dtype=object),
-                                         user_features_as_of(store, users, cutoff), length)
+                                         user_features_as_of(store, users, cutoff), length, params)
     with step(STAGE, "baselines: popularity, repeat, item-kNN, EASE", log):
         lists.update(baseline_lists(train_p, users, cutoff, popular, length))
     candidates = pd.DataFrame()
@@ -422,7 +430,7 @@ def run_on_file(config: CartwiseConfig, path, *, adapter: str | None = None, out
     metrics = evaluate_all(
         history=history, test=test, popular=list(bundle.popular), catalog=set(history[n.ITEM_ID].astype(str)),
         embed_query=bundle.embed_query, searcher=bundle.searcher, item_ids=bundle.item_ids,
-        user_features=lambda users: user_features_as_of(store, users, as_of),
+        user_features=lambda users: user_features_as_of(store, users, as_of), index=bundle.manifest.get("index"),
         as_of=as_of, ks=config.evaluation.k, log=log)
     metrics["bundle"] = bundle.version
     metrics["file"] = {"path": str(path), "adapter": name, "input_rows": result.input_rows,

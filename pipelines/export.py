@@ -44,7 +44,7 @@ from cartwise.config import CartwiseConfig
 from feature_repo import names as n
 from pipelines.baselines import popularity
 from pipelines.build_features import open_store
-from pipelines.build_index import build_searcher, query_reorder, recall_vs_brute_force
+from pipelines.build_index import build_searcher, recall_vs_brute_force
 from pipelines.evaluate import purchase_history
 from pipelines.export_ranking import write_ranker
 from pipelines.feature_frames import item_features_as_of, user_features_as_of
@@ -345,10 +345,12 @@ def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, sea
     users = golden_users(history)
     min_recall = config.retrieval.index.min_recall
     recall = write_golden(staging, store, users, as_of, searcher, emb, min_recall, log,
-                          pre_reorder=query_reorder(params, GOLDEN_K))
+                          pre_reorder=b.query_reorder(params, GOLDEN_K))
     if recall < min_recall:
-        raise ExportRefused(f"index recall@{GOLDEN_K} {recall:.3f} < retrieval.index.min_recall {min_recall}; "
-                            "raise num_leaves_to_search or reorder")
+        raise ExportRefused(f"index recall@{GOLDEN_K} {recall:.3f} < retrieval.index.min_recall {min_recall} "
+                            f"(re-ordering {b.query_reorder(params, GOLDEN_K)} candidates per query, as serving "
+                            f"asks for {GOLDEN_K}); raise retrieval.index.num_leaves_to_search or "
+                            "reorder_per_neighbor")
     serving_tables = write_serving_tables(staging, frame, items, purchases, history, as_of, config)
     ranker = write_ranker(staging, ranker_from, store, purchases, frame[n.ITEM_ID].astype(str).tolist(), as_of,
                           config, log)

@@ -65,9 +65,10 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from cartwise.bundle import query_reorder
 from cartwise.config import (
     BoughtTogetherSourceConfig, ConfigError, ContentSourceConfig, CustomSourceConfig, PopularInCategorySourceConfig,
-    PopularitySourceConfig, RepeatSourceConfig, RetrievalConfig, TwoTowerSourceConfig, reorder_depth, source_names,
+    PopularitySourceConfig, RepeatSourceConfig, RetrievalConfig, TwoTowerSourceConfig, source_names,
 )
 from cartwise.extensions import load_class
 from feature_repo import names as n
@@ -252,10 +253,8 @@ class Catalog:
         history: purchase history frame (user_id, item_id, last_purchase, purchases).
         as_of: the bundle's as-of instant (ages of past purchases are taken at it).
         searcher: the ScaNN searcher (None: no `two_tower`).
-        reorder: the searcher's re-ordering depth (manifest `index.reorder`; 0: exact search).
-        reorder_per_neighbor: candidates re-ordered per neighbour asked for (manifest
-            `index.reorder_per_neighbor`; None: a bundle from before it, always `reorder`); see
-            `cartwise.config.reorder_depth`.
+        index: the searcher's parameters (the manifest's `index`): how deep a query re-orders
+            (`cartwise.bundle.query_reorder`); None or an exact index: the searcher's default.
         bought_together: frame (item_id, neighbour_id, score) or None.
         content: (N, d) content embeddings or None.
 
@@ -271,7 +270,7 @@ class Catalog:
 
     def __init__(self, item_ids: Sequence[str], categories: Sequence[object], popular: Sequence[str],
                  history: Any, as_of: Any, searcher: Any = None, bought_together: Any = None,
-                 content: np.ndarray | None = None, reorder: int = 0, reorder_per_neighbor: int | None = None):
+                 content: np.ndarray | None = None, index: Mapping[str, Any] | None = None):
         import pandas as pd
 
         self.item_ids = np.asarray([str(i) for i in item_ids], dtype=object)
@@ -292,8 +291,7 @@ class Catalog:
         self.as_of = pd.Timestamp(as_of) if as_of is not None else None
         self.users = self._users(history)
         self.searcher = searcher
-        self.reorder = int(reorder or 0)
-        self.reorder_per_neighbor = reorder_per_neighbor
+        self.index = dict(index or {})
         self.neighbours = self._neighbours(bought_together) if bought_together is not None else None
         if content is not None and content.ndim == 2 and content.shape[1] > 0 and content.shape[0] == len(self):
             self.content: np.ndarray | None = _unit_rows(np.asarray(content, dtype=np.float32))
@@ -307,10 +305,9 @@ class Catalog:
     def from_bundle(cls, bundle) -> "Catalog":
         """From a :class:`cartwise.bundle.LoadedBundle`."""
         items = bundle.items
-        index = bundle.manifest.get("index", {})
         return cls(bundle.item_ids, items[n.CATEGORY].astype(object).tolist(), bundle.popular, bundle.history,
                    bundle.manifest.get("as_of"), bundle.searcher, bundle.bought_together, bundle.content_embeddings,
-                   index.get("reorder", 0), index.get("reorder_per_neighbor"))
+                   bundle.manifest.get("index"))
 
     def rows(self, item_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         """Rows of the known ids (request order, duplicates dropped) and the unknown ids."""
@@ -477,7 +474,8 @@ class ScannSource(Source):
         c = self.catalog_
         want = min(len(c), n + query.n_excluded)
         # a tree + AH index re-orders as many candidates as the query needs (and returns at most that many)
-        more = {"pre_reorder_num_neighbors": reorder_depth(want, c.reorder, c.reorder_per_neighbor)} if c.reorder else {}
+        pre = query_reorder(c.index, want)
+        more = {"pre_reorder_num_neighbors": pre} if pre else {}
         idx, scores = c.searcher.search(np.asarray(query.embedding, dtype=np.float32), final_num_neighbors=want,
                                         **more)
         return self._top(np.asarray(idx, dtype=np.int64), np.asarray(scores, dtype=np.float64), query, n,

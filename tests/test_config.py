@@ -59,7 +59,7 @@ def test_not_a_mapping_and_missing_file(tmp_path):
 
 
 def test_reorder_depth_scales_with_the_neighbours_asked_for():
-    from cartwise.config import reorder_depth
+    from cartwise.bundle import reorder_depth
 
     assert [reorder_depth(k, 200, 5) for k in (1, 10, 40, 60, 200, 300)] == [5, 50, 200, 200, 200, 300]
     # 0 or None (bundles exported before the setting): always the configured depth, never fewer than k

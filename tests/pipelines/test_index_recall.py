@@ -13,7 +13,7 @@ import pytest
 
 from cartwise import bundle as b
 from cartwise.config import IndexConfig
-from pipelines.build_index import build_searcher, query_reorder, recall_vs_brute_force
+from pipelines.build_index import build_searcher, recall_vs_brute_force
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ def test_tree_ah_recall_at_10_vs_brute_force(data, shipped):
     exact = [set(row.tolist()) for lo in range(0, N_QUERIES, 250)
              for row in np.argpartition(queries[lo:lo + 250] @ emb.T, -10, axis=1)[:, -10:]]
     # re-ordering what serving re-orders for 10 neighbours
-    pre = query_reorder(params, 10)
+    pre = b.query_reorder(params, 10)
     assert pre == 50 and params["soar_lambda"] and params["dims_per_block"] == 1  # 32-d: one dimension per block
     got = [set(np.asarray(searcher.search(q, final_num_neighbors=10, pre_reorder_num_neighbors=pre)[0]).tolist())
            for q in queries]
@@ -81,27 +81,48 @@ def test_serialized_index_loads_with_identical_neighbours(data, shipped, tmp_pat
                                       searcher.search(q, final_num_neighbors=10)[0])
 
 
-def test_serving_source_reorders_what_its_request_needs(data, shipped):
-    """The two-tower source asks the tree + AH index for its neighbours with the re-ordering depth of
-    `reorder_depth`: 5 per neighbour for a short list (the searcher's default of 200 would be wasted),
-    and past `reorder` when a request wants more neighbours than that (it returns them all)."""
+class RecordingSearcher:
+    """The real searcher, with the keyword arguments of every `search` call kept (what serving asked for)."""
+
+    def __init__(self, searcher):
+        self.searcher, self.calls = searcher, []
+
+    def search(self, q, **kw):
+        self.calls.append(kw)
+        return self.searcher.search(q, **kw)
+
+
+@pytest.mark.parametrize("manifest_kind", ["current", "before_reorder_per_neighbor"])
+def test_serving_source_reorders_what_its_request_needs(data, shipped, manifest_kind):
+    """The two-tower source asks the tree + AH index to re-order `reorder_depth` candidates for the
+    neighbours it wants (its quota plus the excluded rows it over-fetches): 5 per neighbour for a short
+    list, `reorder` for a long one, all of them past `reorder`; a bundle exported before the setting
+    (no `reorder_per_neighbor` in its manifest) keeps re-ordering `reorder`. Its answer is the searcher's
+    answer at that depth."""
     import datetime as dt
 
-    from cartwise.config import TwoTowerSourceConfig, reorder_depth
+    from cartwise.config import TwoTowerSourceConfig
     from serving.sources import ROW, Catalog, Query, ScannSource
 
     emb, queries = data
     searcher, params = shipped
+    index = dict(params)
+    if manifest_kind == "before_reorder_per_neighbor":
+        del index["reorder_per_neighbor"]
+    expected = ({10: 75, 60: 200, 300: 305} if manifest_kind == "current" else {10: 200, 60: 200, 300: 305})
     ids = [f"I{i:05d}" for i in range(len(emb))]
-    catalog = Catalog(ids, ["c"] * len(ids), ids[:10], None, None, searcher=searcher,
-                      reorder=params["reorder"], reorder_per_neighbor=params["reorder_per_neighbor"])
+    recording = RecordingSearcher(searcher)
+    catalog = Catalog(ids, ["c"] * len(ids), ids[:10], None, None, searcher=recording, index=index)
     source = ScannSource(TwoTowerSourceConfig(type="two_tower")).bind(catalog)
-    for q in queries[:20]:
-        query = Query(None, q, None, np.zeros(0, np.int64), np.zeros(0, np.int64), -1,
-                      np.zeros(len(ids), bool), 0, dt.datetime.now(dt.timezone.utc))
+    for q in queries[:10]:
+        excluded = np.zeros(len(ids), bool)
+        excluded[:5] = True
+        query = Query(None, q, None, np.zeros(0, np.int64), np.zeros(0, np.int64), -1, excluded, 5,
+                      dt.datetime.now(dt.timezone.utc))
         for n in (10, 60, 300):
-            depth = reorder_depth(n, params["reorder"], params["reorder_per_neighbor"])
-            assert depth == {10: 50, 60: 200, 300: 300}[n]
-            want, _ = searcher.search(q, final_num_neighbors=n, pre_reorder_num_neighbors=depth)
+            recording.calls.clear()
             got = source.retrieve(query, n).column(ROW)
-            assert len(got) == n and sorted(got.tolist()) == sorted(np.asarray(want).tolist())
+            (call,) = recording.calls
+            assert call == {"final_num_neighbors": n + 5, "pre_reorder_num_neighbors": expected[n]}
+            want, _ = searcher.search(q, final_num_neighbors=n + 5, pre_reorder_num_neighbors=expected[n])
+            assert got.tolist() == [r for r in np.asarray(want).tolist() if r >= 5][:n]

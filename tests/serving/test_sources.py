@@ -418,6 +418,9 @@ class TestScannSource(SourceContract):
     def make(self):
         return ScannSource(TwoTowerSourceConfig(type="two_tower"))
 
+    def test_catalog_takes_the_index_parameters_from_the_manifest(self, shop):
+        assert shop.catalog.index == shop.bundle.manifest["index"] and shop.catalog.index["type"]
+
     def test_matches_the_bundle_search(self, shop):
         query, _, _ = shop.query("U002")
         idx, _ = shop.bundle.searcher.search(query.embedding, final_num_neighbors=5)
