@@ -436,6 +436,13 @@ class RankingConfig(_Section):
             chosen by content similarity to the user's items (exploration for
             cold items); 0 turns it off.
         new_item_first_position: the first reserved position (1-based).
+        ease_max_items: the largest catalog (items sold before a cut-off) EASE
+            is fitted on. EASE inverts a dense items x items matrix: memory
+            grows with items^2 and time with items^3 (one float64 items x
+            items matrix is 3.2 GB at 20,000 items, 80 GB at 100,000; the
+            fit holds several at once). Above it EASE is not
+            fitted anywhere: no EASE candidates, `ease_score` 0 in training,
+            evaluation and serving alike, no EASE baseline in the report.
     """
 
     enabled: bool = True
@@ -450,6 +457,7 @@ class RankingConfig(_Section):
     seed: int = 42
     new_item_slots: int = Field(2, ge=0, le=100)
     new_item_first_position: int = Field(21, ge=1, le=10_000)
+    ease_max_items: int = Field(20_000, ge=0)
 
     @field_validator("cutoffs_days_before_end")
     @classmethod

@@ -147,7 +147,7 @@ def ranking_rows(config: CartwiseConfig, store, purchases: pd.DataFrame, items: 
     Returns:
         The feature rows and the fitted generator.
     """
-    gen = CandidateGenerator(config.ranking.candidates, config.evaluation.popularity_days).fit(purchases, as_of)
+    gen = CandidateGenerator.from_config(config).fit(purchases, as_of)
     pairs = gen.generate(list(users), extra=extra)
     return ranking_features(store, pairs, as_of, category_keys(items)), gen
 

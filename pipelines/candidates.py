@@ -45,17 +45,26 @@ class CandidateGenerator:
     Args:
         quotas: items per source and user (besides the user's own items).
         popularity_days: window of the popularity source.
+        ease_max_items: above this many items EASE is not fitted (`ranking.ease_max_items`): no EASE
+            candidates and an EASE score of 0 for every pair.
 
     Attributes (after `fit`):
         interactions_: the customer x item matrices before the cut-off.
         knn_, ease_: fitted scorers (the kNN without its self term: own
-            items are a source of their own, and their score is a feature).
+            items are a source of their own, and their score is a feature);
+            `ease_` is None above `ease_max_items`.
         popular_: item ids by recent purchase lines.
     """
 
-    def __init__(self, quotas: CandidateQuotas, popularity_days: int = 90):
+    def __init__(self, quotas: CandidateQuotas, popularity_days: int = 90, ease_max_items: int = 20_000):
         self.quotas = quotas
         self.popularity_days = popularity_days
+        self.ease_max_items = ease_max_items
+
+    @classmethod
+    def from_config(cls, config) -> "CandidateGenerator":
+        """The generator `ranking` and `evaluation` of a CartwiseConfig describe."""
+        return cls(config.ranking.candidates, config.evaluation.popularity_days, config.ranking.ease_max_items)
 
     def fit(self, purchases: pd.DataFrame, as_of: pd.Timestamp) -> "CandidateGenerator":
         """Fit the sources on the purchases strictly before `as_of`.
@@ -72,7 +81,7 @@ class CandidateGenerator:
         self.recent_ = Interactions.from_purchases(purchases, as_of, half_life_days=REPEAT_RECENT_HALF_LIFE_DAYS)
         X = self.interactions_.matrix_
         self.knn_ = ItemKNN(self_weight=0.0, profile="binary").fit(X)
-        self.ease_ = EASE().fit(X)
+        self.ease_ = EASE().fit(X) if X.shape[1] <= self.ease_max_items else None
         self.popular_ = popularity(purchases, as_of, self.popularity_days)
         return self
 
@@ -101,13 +110,15 @@ class CandidateGenerator:
             Xr = self.recent_.rows(chunk, weighted=True)
             knn = self.knn_.score(Xb)
             knn_recent = self._recent(Xw)
-            ease = self.ease_.score(Xb)
+            ease = self.ease_.score(Xb) if self.ease_ is not None else None
             knn_top = top_n(knn, q.item_knn, exclude=Xb) if q.item_knn else np.zeros((len(chunk), 0), np.int64)
-            ease_top = top_n(ease, q.ease, exclude=Xb) if q.ease else np.zeros((len(chunk), 0), np.int64)
+            ease_top = (top_n(ease, q.ease, exclude=Xb) if q.ease and ease is not None
+                        else np.zeros((len(chunk), 0), np.int64))
             for r, user in enumerate(chunk):
                 own = Xb.indices[Xb.indptr[r]:Xb.indptr[r + 1]]
                 # a source proposes only items it scores above zero (an unknown user gets none from kNN/EASE)
-                kt, et = knn_top[r][knn[r, knn_top[r]] > 0], ease_top[r][ease[r, ease_top[r]] > 0]
+                kt = knn_top[r][knn[r, knn_top[r]] > 0]
+                et = ease_top[r][ease[r, ease_top[r]] > 0] if ease is not None else ease_top[r]
                 # keep the first source of each item: own, item_knn, ease, popularity
                 cols = np.concatenate([own, kt, et, pop_idx])
                 srcs = np.repeat([OWN, ITEM_KNN, EASE_SOURCE, POPULARITY], [len(own), len(kt), len(et), len(pop_idx)])
@@ -115,7 +126,8 @@ class CandidateGenerator:
                 cols, srcs = cols[keep], srcs[keep]
                 frames.append(pd.DataFrame({
                     n.USER_ID: user, n.ITEM_ID: items[cols], n.CANDIDATE_SOURCE: srcs,
-                    n.KNN_SCORE: knn[r, cols], n.KNN_RECENT_SCORE: knn_recent[r, cols], n.EASE_SCORE: ease[r, cols],
+                    n.KNN_SCORE: knn[r, cols], n.KNN_RECENT_SCORE: knn_recent[r, cols],
+                    n.EASE_SCORE: ease[r, cols] if ease is not None else np.zeros(len(cols), np.float32),
                     n.REPEAT_SCORE: _row_values(Xw, r, cols), n.REPEAT_RECENT_SCORE: _row_values(Xr, r, cols),
                 }))
         out = (pd.concat(frames, ignore_index=True) if frames else
@@ -164,9 +176,10 @@ class CandidateGenerator:
         Xb, Xw = inter.rows(list(uniq)), inter.rows(list(uniq), weighted=True)
         Xr = self.recent_.rows(list(uniq), weighted=True)
         for name, s in ((n.KNN_SCORE, self.knn_.score(Xb)), (n.KNN_RECENT_SCORE, self._recent(Xw)),
-                        (n.EASE_SCORE, self.ease_.score(Xb)), (n.REPEAT_SCORE, Xw.toarray()),
-                        (n.REPEAT_RECENT_SCORE, Xr.toarray())):
-            out[name][ok] = s[inv[ok], col[ok]]
+                        (n.EASE_SCORE, self.ease_.score(Xb) if self.ease_ is not None else None),
+                        (n.REPEAT_SCORE, Xw.toarray()), (n.REPEAT_RECENT_SCORE, Xr.toarray())):
+            if s is not None:  # no EASE above ease_max_items: its scores stay 0
+                out[name][ok] = s[inv[ok], col[ok]]
         return pd.DataFrame(out)
 
 

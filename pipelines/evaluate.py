@@ -129,17 +129,21 @@ def score_lists(lists_by_method: Mapping[str, Mapping[str, list[str]]], relevant
 
 
 def baseline_lists(train: pd.DataFrame, users: Sequence[str], as_of: pd.Timestamp, popular: Sequence[str],
-                   length: int) -> dict[str, dict[str, list[str]]]:
-    """Lists of every baseline (popularity, repeat, item-kNN, EASE), fitted on `train` before `as_of`."""
+                   length: int, ease_max_items: int = 20_000) -> dict[str, dict[str, list[str]]]:
+    """Lists of every baseline (popularity, repeat, item-kNN, EASE), fitted on `train` before `as_of`.
+
+    EASE only up to `ease_max_items` items (`ranking.ease_max_items`: its dense inverse), else it is left out.
+    """
     inter = baselines.Interactions.from_purchases(train, as_of)
     knn = baselines.ItemKNN().fit(inter.matrix_)
-    ease = baselines.EASE().fit(inter.matrix_)
-    return {
+    out = {
         "popularity": {u: list(popular[:length]) for u in users},
         "repeat": baselines.repeat(train, users, as_of, length, popular=popular),
         "item_knn": baselines.recommend(knn, inter, users, length, popular=popular),
-        "ease": baselines.recommend(ease, inter, users, length, popular=popular),
     }
+    if inter.matrix_.shape[1] <= ease_max_items:
+        out["ease"] = baselines.recommend(baselines.EASE().fit(inter.matrix_), inter, users, length, popular=popular)
+    return out
 
 
 def test_revenue(test: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -317,7 +321,10 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
                                          np.asarray(known, dtype=object),
                                          user_features_as_of(store, users, cutoff), length, params)
     with step(STAGE, "baselines: popularity, repeat, item-kNN, EASE", log):
-        lists.update(baseline_lists(train_p, users, cutoff, popular, length))
+        lists.update(baseline_lists(train_p, users, cutoff, popular, length, config.ranking.ease_max_items))
+        if "ease" not in lists:
+            log(f"[{STAGE}] EASE baseline left out: the customers' items exceed ranking.ease_max_items "
+                f"({config.ranking.ease_max_items:,})")
     candidates = pd.DataFrame()
     own_lists: dict = {}
     if config.ranking.enabled:

@@ -141,9 +141,13 @@ def write_ranker(staging: Path, model_dir: Path | None, store, purchases: pd.Dat
         shutil.copytree(model_dir / SAVED_MODEL, out / SAVED_MODEL)
         shutil.copy2(model_dir / "training_summary.json", out / "training_summary.json")
         item_matrix_as_of(store, item_ids, as_of).save(out / "items")
-        gen = CandidateGenerator(config.ranking.candidates, config.evaluation.popularity_days)
+        gen = CandidateGenerator.from_config(config)
         gen.fit(purchases, as_of)
-        write_score_state(out / "scores", gen, with_ease=n.EASE_SCORE in features)
+        if n.EASE_SCORE in features and gen.ease_ is None:
+            log(f"[{STAGE}] warning: {len(gen.interactions_.item_ids_):,} items sold before {as_of:%Y-%m-%d} exceed "
+                f"ranking.ease_max_items ({config.ranking.ease_max_items:,}): serving scores EASE as 0; the ranker "
+                "was trained with it wherever its cut-offs had fewer items (retrain, or raise the limit)")
+        write_score_state(out / "scores", gen, with_ease=n.EASE_SCORE in features and gen.ease_ is not None)
         write_pair_keys(out, store, as_of)
         spec = {"features": features, "fill": fill_values(features), "as_of": pd.Timestamp(as_of).isoformat(),
                 "half_life_days": {"repeat": RECENCY_HALF_LIFE_DAYS, "repeat_recent": REPEAT_RECENT_HALF_LIFE_DAYS},

@@ -67,3 +67,41 @@ def test_candidate_recall_and_slots():
     out = insert_slots({"u": ["a", "b", "c"]}, {"u": ["b", "n1", "n2"]}, slots=1, first_position=2)
     assert out["u"] == ["a", "n1", "b", "c"]  # b is already listed: the first new one not in the list
     assert insert_slots({"u": ["a"]}, {"u": ["n1"]}, 2, 5)["u"] == ["a", "n1"]
+
+
+def test_above_ease_max_items_ease_is_not_fitted_and_scores_zero():
+    """EASE's dense items x items inverse is skipped past `ranking.ease_max_items`: no EASE candidates, its
+    score 0 for every pair (generated or scored later), the other sources as without the limit."""
+    quotas = CandidateQuotas(item_knn=2, ease=2, popularity=2, two_tower=0)
+    full = CandidateGenerator(quotas).fit(_purchases(), T)
+    capped = CandidateGenerator(quotas, ease_max_items=3).fit(_purchases(), T)  # 4 customer items before T
+    assert full.ease_ is not None and capped.ease_ is None
+    a, b = full.generate(["u1", "u2"]), capped.generate(["u1", "u2"])
+    assert (a[n.CANDIDATE_SOURCE] == "ease").any() or (a[n.EASE_SCORE] != 0).any()  # the limit changes something
+    assert not (b[n.CANDIDATE_SOURCE] == "ease").any() and (b[n.EASE_SCORE] == 0).all()
+    others = [c for c in n.SOURCE_SCORES if c != n.EASE_SCORE]
+    keep = a[a[n.CANDIDATE_SOURCE] != "ease"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(keep[[n.USER_ID, n.ITEM_ID, *others]],
+                                  b[b[n.CANDIDATE_SOURCE] != "ease"].reset_index(drop=True)[[n.USER_ID, n.ITEM_ID, *others]])
+    assert (capped.score_pairs(["u1", "u2"], ["c", "d"])[n.EASE_SCORE] == 0).all()
+    assert (capped.score_pairs(["u1", "u2"], ["c", "d"])[n.KNN_SCORE] ==
+            full.score_pairs(["u1", "u2"], ["c", "d"])[n.KNN_SCORE]).all()
+
+
+def test_from_config_takes_the_ease_limit():
+    from cartwise.config import parse_config
+
+    cfg = parse_config({"data": {"adapter": "canonical", "paths": ["x.parquet"]}, "ranking": {"ease_max_items": 7}},
+                       source="test")
+    gen = CandidateGenerator.from_config(cfg)
+    assert gen.ease_max_items == 7 and gen.quotas == cfg.ranking.candidates
+
+
+def test_evaluation_leaves_the_ease_baseline_out_above_the_limit():
+    from pipelines.evaluate import baseline_lists
+
+    p = _purchases()
+    both = baseline_lists(p, ["u1", "u2"], T, ["e", "a", "b", "c", "d"], 5)
+    capped = baseline_lists(p, ["u1", "u2"], T, ["e", "a", "b", "c", "d"], 5, ease_max_items=3)
+    assert "ease" in both and "ease" not in capped
+    assert {k: v for k, v in both.items() if k != "ease"} == capped

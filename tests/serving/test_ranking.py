@@ -54,7 +54,7 @@ def test_served_features_equal_training_rows(served):
     # the heaviest buyers, some middling and some light ones
     users = sorted(set(customers.index[:4]) | set(customers.index[len(customers) // 2:][:4])
                    | set(customers.index[-4:]))[:USERS]
-    gen = CandidateGenerator(cfg.ranking.candidates, cfg.evaluation.popularity_days).fit(purchases, as_of)
+    gen = CandidateGenerator.from_config(cfg).fit(purchases, as_of)
     pairs = gen.generate(users)
     rng = np.random.default_rng(0)
     extra = [(u, i) for u in users for i in rng.choice(rec.catalog.item_ids, RANDOM_ITEMS, replace=False)]
