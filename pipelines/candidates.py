@@ -46,7 +46,7 @@ class CandidateGenerator:
         quotas: items per source and user (besides the user's own items).
         popularity_days: window of the popularity source.
         ease_max_items: above this many items EASE is not fitted (`ranking.ease_max_items`): no EASE
-            candidates and an EASE score of 0 for every pair.
+            candidates and an EASE score of 0 for every pair; None: no limit.
 
     Attributes (after `fit`):
         interactions_: the customer x item matrices before the cut-off.
@@ -56,7 +56,7 @@ class CandidateGenerator:
         popular_: item ids by recent purchase lines.
     """
 
-    def __init__(self, quotas: CandidateQuotas, popularity_days: int = 90, ease_max_items: int = 20_000):
+    def __init__(self, quotas: CandidateQuotas, popularity_days: int = 90, ease_max_items: int | None = None):
         self.quotas = quotas
         self.popularity_days = popularity_days
         self.ease_max_items = ease_max_items
@@ -81,7 +81,8 @@ class CandidateGenerator:
         self.recent_ = Interactions.from_purchases(purchases, as_of, half_life_days=REPEAT_RECENT_HALF_LIFE_DAYS)
         X = self.interactions_.matrix_
         self.knn_ = ItemKNN(self_weight=0.0, profile="binary").fit(X)
-        self.ease_ = EASE().fit(X) if X.shape[1] <= self.ease_max_items else None
+        limit = self.ease_max_items
+        self.ease_ = EASE().fit(X) if limit is None or X.shape[1] <= limit else None
         self.popular_ = popularity(purchases, as_of, self.popularity_days)
         return self
 

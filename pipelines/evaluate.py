@@ -129,10 +129,11 @@ def score_lists(lists_by_method: Mapping[str, Mapping[str, list[str]]], relevant
 
 
 def baseline_lists(train: pd.DataFrame, users: Sequence[str], as_of: pd.Timestamp, popular: Sequence[str],
-                   length: int, ease_max_items: int = 20_000) -> dict[str, dict[str, list[str]]]:
+                   length: int, ease_max_items: int | None = None) -> dict[str, dict[str, list[str]]]:
     """Lists of every baseline (popularity, repeat, item-kNN, EASE), fitted on `train` before `as_of`.
 
-    EASE only up to `ease_max_items` items (`ranking.ease_max_items`: its dense inverse), else it is left out.
+    EASE only up to `ease_max_items` items (`ranking.ease_max_items`: its dense inverse; None: no limit), else it
+    is left out.
     """
     inter = baselines.Interactions.from_purchases(train, as_of)
     knn = baselines.ItemKNN().fit(inter.matrix_)
@@ -141,7 +142,7 @@ def baseline_lists(train: pd.DataFrame, users: Sequence[str], as_of: pd.Timestam
         "repeat": baselines.repeat(train, users, as_of, length, popular=popular),
         "item_knn": baselines.recommend(knn, inter, users, length, popular=popular),
     }
-    if inter.matrix_.shape[1] <= ease_max_items:
+    if ease_max_items is None or inter.matrix_.shape[1] <= ease_max_items:
         out["ease"] = baselines.recommend(baselines.EASE().fit(inter.matrix_), inter, users, length, popular=popular)
     return out
 
