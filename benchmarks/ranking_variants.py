@@ -41,7 +41,6 @@ from pipelines.build_dataset import train_cutoff  # noqa: E402
 from pipelines.build_features import open_store  # noqa: E402
 from pipelines.build_ranking_dataset import ranking_rows  # noqa: E402
 from pipelines.manifest import read_json  # noqa: E402
-from pipelines.metrics import evaluate_lists  # noqa: E402
 from pipelines.train_ranking import fit  # noqa: E402
 
 K = 10
@@ -72,20 +71,11 @@ class Split:
                                     self.users)
 
     def ndcg(self, scores: np.ndarray) -> tuple[float, float]:
-        """NDCG@10 (all items, new to user) of the candidates ranked by `scores`, as `ranked_lists` ranks."""
-        r = self.rows[[n.USER_ID, n.ITEM_ID]].assign(score=scores)
-        r = r.sort_values([n.USER_ID, "score", n.ITEM_ID], ascending=[True, False, True], kind="stable")
-        ranked = r.groupby(n.USER_ID, sort=False)[n.ITEM_ID].apply(list).to_dict()
-        lists = {}
-        for u in self.users:
-            lst = ranked.get(u, [])
-            have = set(lst)
-            lists[u] = lst + [i for i in self.popular[: self.length] if i not in have]
-        all_items = evaluate_lists(lists, self.relevant, [K], self.catalog)[f"ndcg@{K}"]
-        new_rel = {u: rel - self.bought[u] for u, rel in self.relevant.items() if rel - self.bought[u]}
-        pruned = {u: [i for i in lists[u] if i not in self.bought[u]] for u in new_rel}
-        return all_items, evaluate_lists(pruned, new_rel, [K], self.catalog)[f"ndcg@{K}"]
-
+        """NDCG@10 (all items, new to user) of the candidates ranked by `scores`, as `cartwise evaluate` ranks."""
+        lists, _ = evaluate.lists_by_score(self.rows[[n.USER_ID, n.ITEM_ID]].assign(score=scores), self.users,
+                                           self.popular, self.length)
+        m = evaluate.score_lists({"model": lists}, self.relevant, self.bought, [K], self.catalog)
+        return m["all_items"]["model"][f"ndcg@{K}"], m["new_to_user"]["model"][f"ndcg@{K}"]
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -24,9 +24,9 @@ import hashlib
 import json
 import os
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -431,10 +431,10 @@ def reorder_depth(k: int, reorder: int, per_neighbor: int | None) -> int:
     `per_neighbor` x k, capped at `reorder`, and never fewer than k (ScaNN
     returns at most the re-ordered candidates); `per_neighbor` 0 or None (a
     bundle exported before the setting existed) re-orders `reorder`.
-    Re-ordering reads each candidate's float vector: at 100k x 32-d,
-    re-ordering 200 instead of 50 candidates for a query of 10 added 5-9 us
-    to a 14-26 us query for at most 0.03 recall@10 (benchmarks/bench_index.py's
-    mixture, 2026-11-27).
+    Re-ordering reads each candidate's float vector: at 100k x 32-d
+    (benchmarks/bench_index.py's mixture, 2026-11-27), a query of 10 that
+    re-ordered 200 instead of 50 candidates took 20-31 us instead of 13-21
+    (7-10 us more) for 0.003-0.035 more recall@10.
     """
     k, reorder = int(k), int(reorder)
     if not per_neighbor:
@@ -455,6 +455,12 @@ def query_reorder(index: Mapping[str, Any] | None, k: int) -> int | None:
     if not index or index.get("type") != "tree_ah":
         return None
     return reorder_depth(k, index["reorder"], index.get("reorder_per_neighbor"))
+
+
+def reorder_kwargs(index: Mapping[str, Any] | None, k: int) -> dict[str, int]:
+    """:func:`query_reorder` as keyword arguments of a ScaNN `search` / `search_batched` call ({} for an exact index)."""
+    depth = query_reorder(index, k)
+    return {"pre_reorder_num_neighbors": depth} if depth else {}
 
 
 def _exact_scores(searcher) -> bool:
@@ -600,9 +606,7 @@ def _replay_golden(b: LoadedBundle, embeddings: np.ndarray, search: bool = True)
     k = min(int(spec["k"]), n)
     stored = np.ascontiguousarray(stored, dtype=np.float32)
     # re-ordering as deep as the export gate that recorded the expected neighbours (and serving, for k)
-    pre = query_reorder(b.manifest.get("index"), k)
-    got, dist = b.searcher.search_batched(stored, final_num_neighbors=k,
-                                          **({"pre_reorder_num_neighbors": pre} if pre else {}))
+    got, dist = b.searcher.search_batched(stored, final_num_neighbors=k, **reorder_kwargs(b.manifest.get("index"), k))
     got, dist = np.asarray(got, dtype=np.int64), np.asarray(dist, dtype=np.float32)
     exact_scores = _exact_scores(b.searcher)
     overlap, wrong, worst = 0, set(), 0.0

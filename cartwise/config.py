@@ -154,7 +154,6 @@ class IndexConfig(_Section):
     min_recall: float = Field(0.9, ge=0.0, le=1.0)
 
 
-
 SOURCE_TYPES = ("two_tower", "bought_together", "content", "repeat", "popular_in_category", "popularity")
 #: most sources in `retrieval.sources` (serving records which sources found an item in one int64 bit mask)
 MAX_SOURCES = 32

@@ -11,6 +11,7 @@ import math
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
+from cartwise.bundle import reorder_kwargs
 from cartwise.config import IndexConfig
 
 
@@ -23,7 +24,7 @@ def build_searcher(embeddings: np.ndarray, cfg: IndexConfig, k: int = 10):
     (`dims_per_block`, default :func:`default_dims_per_block`) and exact
     re-ordering. Unless configured, a query searches
     `default_leaves_to_search(leaves)` leaves. Every caller passes
-    `pre_reorder_num_neighbors=cartwise.bundle.query_reorder(params, k)`
+    `**cartwise.bundle.reorder_kwargs(params, k)`
     per query (serving's two-tower source, evaluation, the export's recall
     gate and the bundle's golden replay, the benchmark); the searcher's own
     default is `cfg.reorder`.
@@ -84,7 +85,7 @@ def default_leaves_to_search(leaves: int) -> int:
     leaves that hold a query's top 10 grow more slowly than the tree: at 1M
     clustered items (benchmarks/bench_index.py, SOAR, 1,000 leaves) recall@10
     was 0.993 / 0.996 / 0.996 at 20 / 50 / 95 leaves (64-d) and 0.973 / 0.976
-    / 0.977 (32-d), for 32 / 62 / 109 us. Small trees need a larger share for
+    / 0.977 (32-d), for 32 / 62 / 109 us at 64-d. Small trees need a larger share for
     the trained towers' queries, which are harder than the benchmark's
     synthetic ones: on the demo bundle's 200 golden queries (3,648 items, 60
     leaves, SOAR) recall@10 / @60 was 0.99 / 0.97 at 23 leaves but 0.85-0.91
@@ -96,7 +97,7 @@ def default_leaves_to_search(leaves: int) -> int:
 
 
 def recall_vs_brute_force(searcher, embeddings: np.ndarray, queries: np.ndarray, k: int = 10,
-                          pre_reorder: int | None = None) -> float:
+                          index: dict | None = None) -> float:
     """Mean recall@k of the searcher's results against exact inner-product search.
 
     Args:
@@ -104,11 +105,11 @@ def recall_vs_brute_force(searcher, embeddings: np.ndarray, queries: np.ndarray,
         embeddings: float32 [N, D].
         queries: float32 [Q, D] golden queries.
         k: neighbours compared.
-        pre_reorder: candidates re-ordered per query (`reorder_depth(k, ...)`, as serving asks);
-            None: the searcher's default.
+        index: the index parameters (`build_searcher`'s): each query re-orders what serving re-orders
+            for k neighbours (`cartwise.bundle.reorder_kwargs`); None: the searcher's default.
     """
     k = min(k, embeddings.shape[0])
-    more = {"pre_reorder_num_neighbors": pre_reorder} if pre_reorder else {}
-    got, _ = searcher.search_batched(np.ascontiguousarray(queries, dtype=np.float32), final_num_neighbors=k, **more)
+    got, _ = searcher.search_batched(np.ascontiguousarray(queries, dtype=np.float32), final_num_neighbors=k,
+                                     **reorder_kwargs(index, k))
     exact = np.argsort(-(queries @ embeddings.T), axis=1, kind="stable")[:, :k]
     return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(got, exact)]))

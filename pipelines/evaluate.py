@@ -37,7 +37,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cartwise.bundle import CANDIDATE_TOWER, QUERY_TOWER, load_tower, query_reorder
+from cartwise.bundle import CANDIDATE_TOWER, QUERY_TOWER, load_tower, reorder_kwargs
 from cartwise.config import CartwiseConfig
 from feature_repo import names as n
 from pipelines.build_dataset import train_cutoff
@@ -98,9 +98,8 @@ def model_lists(embed_query: Callable, searcher, item_ids: np.ndarray, user_fram
         return {}
     q = embed_query(tensors(user_frame, QUERY_STRINGS, QUERY_FLOATS))
     k = min(length, len(item_ids))
-    pre = query_reorder(index, k)
     idx, _ = searcher.search_batched(np.ascontiguousarray(q, dtype=np.float32), final_num_neighbors=k,
-                                     **({"pre_reorder_num_neighbors": pre} if pre else {}))
+                                     **reorder_kwargs(index, k))
     users = user_frame[n.USER_ID].astype(str).tolist()
     return {u: item_ids[row].tolist() for u, row in zip(users, idx)}
 
@@ -252,6 +251,17 @@ def ranked_lists(config: CartwiseConfig, store, purchases: pd.DataFrame, items: 
     extra = {"two_tower": {u: lst[:quota] for u, lst in two_tower.items()}} if quota else None
     rows, _ = ranking_rows(config, store, purchases, items, cutoff, users, extra=extra)
     rows["score"] = scorer(rows)
+    out, rows = lists_by_score(rows, users, popular, length)
+    return out, rows[[n.USER_ID, n.ITEM_ID, n.CANDIDATE_SOURCE, "score"]]
+
+
+def lists_by_score(rows: pd.DataFrame, users: Sequence[str], popular: Sequence[str],
+                   length: int) -> tuple[dict[str, list[str]], pd.DataFrame]:
+    """Each user's candidates (rows: user_id, item_id, score) best score first, filled with `popular` up to `length`.
+
+    Returns:
+        user -> item ids, and the rows in that order.
+    """
     rows = rows.sort_values([n.USER_ID, "score", n.ITEM_ID], ascending=[True, False, True], kind="stable")
     ranked = rows.groupby(n.USER_ID, sort=False)[n.ITEM_ID].apply(list).to_dict()
     out = {}
@@ -261,7 +271,7 @@ def ranked_lists(config: CartwiseConfig, store, purchases: pd.DataFrame, items: 
             have = set(lst)
             lst = lst + [i for i in popular[:length] if i not in have]
         out[u] = lst
-    return out, rows[[n.USER_ID, n.ITEM_ID, n.CANDIDATE_SOURCE, "score"]]
+    return out, rows
 
 
 def _training_history(layout: Layout) -> dict:

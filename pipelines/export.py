@@ -281,10 +281,10 @@ def write_serving_tables(staging: Path, frame: pd.DataFrame, items: pd.DataFrame
 
 
 def write_golden(staging: Path, store, users: list[str], as_of: pd.Timestamp, searcher, emb: np.ndarray,
-                 min_recall: float, log: Log, pre_reorder: int | None = None) -> float:
+                 min_recall: float, log: Log, index: dict | None = None) -> float:
     """Embed the golden users, check index recall against brute force, store them for load-time replay.
 
-    `pre_reorder`: candidates re-ordered per query, as serving asks for GOLDEN_K neighbours (`query_reorder`).
+    `index`: the index parameters; the queries re-order what serving re-orders for GOLDEN_K neighbours.
 
     Returns:
         recall@10 of the index against exact search on the golden queries.
@@ -296,7 +296,7 @@ def write_golden(staging: Path, store, users: list[str], as_of: pd.Timestamp, se
             inputs = user_features_as_of(store, users, as_of)
             inputs = inputs[[*QUERY_STRINGS, *QUERY_FLOATS]].astype({c: str for c in QUERY_STRINGS})
             q = b.load_tower(staging / b.QUERY_TOWER)(tensors(inputs, QUERY_STRINGS, QUERY_FLOATS))
-            recall = recall_vs_brute_force(searcher, emb, q, k=GOLDEN_K, pre_reorder=pre_reorder)
+            recall = recall_vs_brute_force(searcher, emb, q, k=GOLDEN_K, index=index)
         else:
             inputs = pd.DataFrame({c: pd.Series(dtype=str if c in QUERY_STRINGS else "float32")
                                    for c in [*QUERY_STRINGS, *QUERY_FLOATS]})
@@ -344,8 +344,7 @@ def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, sea
     history = purchase_history(purchases)
     users = golden_users(history)
     min_recall = config.retrieval.index.min_recall
-    recall = write_golden(staging, store, users, as_of, searcher, emb, min_recall, log,
-                          pre_reorder=b.query_reorder(params, GOLDEN_K))
+    recall = write_golden(staging, store, users, as_of, searcher, emb, min_recall, log, index=params)
     if recall < min_recall:
         raise ExportRefused(f"index recall@{GOLDEN_K} {recall:.3f} < retrieval.index.min_recall {min_recall} "
                             f"(re-ordering {b.query_reorder(params, GOLDEN_K)} candidates per query, as serving "

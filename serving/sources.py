@@ -65,7 +65,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from cartwise.bundle import query_reorder
+from cartwise.bundle import reorder_kwargs
 from cartwise.config import (
     BoughtTogetherSourceConfig, ConfigError, ContentSourceConfig, CustomSourceConfig, PopularInCategorySourceConfig,
     PopularitySourceConfig, RepeatSourceConfig, RetrievalConfig, TwoTowerSourceConfig, source_names,
@@ -254,7 +254,7 @@ class Catalog:
         as_of: the bundle's as-of instant (ages of past purchases are taken at it).
         searcher: the ScaNN searcher (None: no `two_tower`).
         index: the searcher's parameters (the manifest's `index`): how deep a query re-orders
-            (`cartwise.bundle.query_reorder`); None or an exact index: the searcher's default.
+            (`cartwise.bundle.reorder_kwargs`); None or an exact index: the searcher's default.
         bought_together: frame (item_id, neighbour_id, score) or None.
         content: (N, d) content embeddings or None.
 
@@ -474,10 +474,8 @@ class ScannSource(Source):
         c = self.catalog_
         want = min(len(c), n + query.n_excluded)
         # a tree + AH index re-orders as many candidates as the query needs (and returns at most that many)
-        pre = query_reorder(c.index, want)
-        more = {"pre_reorder_num_neighbors": pre} if pre else {}
         idx, scores = c.searcher.search(np.asarray(query.embedding, dtype=np.float32), final_num_neighbors=want,
-                                        **more)
+                                        **reorder_kwargs(c.index, want))
         return self._top(np.asarray(idx, dtype=np.int64), np.asarray(scores, dtype=np.float64), query, n,
                          presorted=True)
 

@@ -61,7 +61,7 @@ def test_tree_ah_recall_at_10_vs_brute_force(data, shipped):
            for q in queries]
     assert np.mean([len(g & e) / 10 for g, e in zip(got, exact)]) >= 0.95
     # the export gate's own measure (batched; full argsort, so on a subset)
-    assert recall_vs_brute_force(searcher, emb, queries[:300], k=10, pre_reorder=pre) >= 0.95
+    assert recall_vs_brute_force(searcher, emb, queries[:300], k=10, index=params) >= 0.95
 
 
 def test_serialized_index_loads_with_identical_neighbours(data, shipped, tmp_path):
