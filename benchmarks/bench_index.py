@@ -13,10 +13,16 @@ a trained candidate tower's) and queries drawn from the same mixture:
    `retrieval.k` of cartwise.yaml (exactly what export ships: tree with SOAR
    + AH + re-ordering), and the same function in its brute-force mode (ScaNN
    `score_brute_force`, what it builds below `brute_force_below` items).
-2. Recall@10 (and @100, what serving asks for) of `searcher.search`, one query
-   at a time, against exact top-k from NumPy (float32 matmul + argpartition).
-   Each query re-orders what serving re-orders for that many neighbours
-   (`cartwise.config.reorder_depth`: 50 for 10, 200 for 100 by default).
+   The shipped searcher (and every `--variant`) is calibrated as export
+   calibrates it (`pipelines.build_index.calibrate_leaves`, to
+   `target_recall`), on `calibration_queries` queries drawn from the mixture
+   apart from the timed ones.
+2. Recall@10 (and @retrieval.k, what serving asks for at most) of
+   `searcher.search`, one query at a time, against exact top-k from NumPy
+   (float32 matmul + argpartition). Each query re-orders and searches what
+   serving would for that many neighbours (`cartwise.bundle.search_kwargs`:
+   re-ordering 50 candidates for 10, 200 for 200 by default; the calibrated
+   leaves).
 3. Single-query latency p50 / p99 in microseconds, one query at a time as
    serving calls it, interleaved in blocks of 50 queries so every method sees
    the same machine load: the shipped searcher (k=10 and k=retrieval.k), NumPy
@@ -59,9 +65,9 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cartwise.bundle import query_reorder  # noqa: E402
+from cartwise.bundle import query_leaves, query_reorder, search_kwargs  # noqa: E402
 from cartwise.config import IndexConfig, load_config  # noqa: E402
-from pipelines.build_index import build_searcher, default_num_leaves  # noqa: E402
+from pipelines.build_index import build_searcher, calibrate_leaves, default_num_leaves  # noqa: E402
 
 K = 10
 WARMUP = 20
@@ -136,6 +142,8 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     emb = mix.sample(n, rng, items=True)
     queries = mix.sample(n_queries + WARMUP, rng, items=False)
     warm, queries = queries[:WARMUP], queries[WARMUP:]
+    # calibration queries, drawn apart from the timed ones (export calibrates on other users than its gate's)
+    calibration = mix.sample(index_cfg.calibration_queries, rng, items=False)
     load_before = os.getloadavg()
     print(f"\n== {n:,} items x {dim}-d, {clusters} clusters, {n_queries} queries "
           f"(load {load_before[0]:.2f}) ==", flush=True)
@@ -143,6 +151,9 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     t = time.perf_counter()
     searcher, params = build_searcher(emb, index_cfg, k=k_serve)
     build_s = time.perf_counter() - t
+    t = time.perf_counter()
+    params = calibrate_leaves(searcher, emb, calibration, params, k_serve, index_cfg.target_recall)
+    calibrate_s = time.perf_counter() - t
     bf_cfg = index_cfg.model_copy(update={"brute_force_below": n + 1})
     t = time.perf_counter()
     bf_searcher, bf_params = build_searcher(emb, bf_cfg, k=k_serve)
@@ -151,30 +162,32 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     others = {}  # --variant: other index settings, timed in the same interleaved loop
     for name, update in (variants or {}).items():
         # validated like cartwise.yaml's section: a misspelt key fails instead of timing the shipped settings
-        others[name] = build_searcher(emb, IndexConfig.model_validate({**index_cfg.model_dump(), **update}),
-                                      k=k_serve)
+        vcfg = IndexConfig.model_validate({**index_cfg.model_dump(), **update})
+        vs, vp = build_searcher(emb, vcfg, k=k_serve)
+        others[name] = vs, calibrate_leaves(vs, emb, calibration, vp, k_serve, vcfg.target_recall)
         if others[name][1]["type"] != "tree_ah":
             raise SystemExit(f"--variant {name}: builds an exact index at {n:,} items; only tree + AH variants")
-    print(f"built: shipped {params} in {build_s:.1f}s; brute-force searcher in {bf_build_s:.2f}s", flush=True)
+    print(f"built: shipped {params} in {build_s:.1f}s (calibrated in {calibrate_s:.1f}s); brute-force searcher in "
+          f"{bf_build_s:.2f}s", flush=True)
 
     t = time.perf_counter()
     exact = exact_topk(emb, queries, max(K, k_serve))
     exact_s = time.perf_counter() - t
 
-    # each query re-orders what serving would ask for k neighbours (retrieval.index.reorder_per_neighbor)
-    pre_k, pre_serve = query_reorder(params, K), query_reorder(params, k_serve)
+    # each query re-orders and searches what serving would for k neighbours (cartwise.bundle.search_kwargs)
+    kw_k, kw_serve = search_kwargs(params, K), search_kwargs(params, k_serve)
+    pre_k = query_reorder(params, K)
     pc = time.perf_counter
     methods = {
-        "scann": lambda q: searcher.search(q, final_num_neighbors=K, pre_reorder_num_neighbors=pre_k)[0],
-        f"scann_k{k_serve}": lambda q: searcher.search(q, final_num_neighbors=k_serve,
-                                                       pre_reorder_num_neighbors=pre_serve)[0],
+        "scann": lambda q: searcher.search(q, final_num_neighbors=K, **kw_k)[0],
+        f"scann_k{k_serve}": lambda q: searcher.search(q, final_num_neighbors=k_serve, **kw_serve)[0],
         "numpy_brute_force": lambda q: numpy_search(emb, q, K),
         "scann_brute_force": lambda q: bf_searcher.search(q, final_num_neighbors=K)[0],
     }
     for name, (vs, vp) in others.items():
         for k in (K, k_serve):
-            methods[f"{name}@{k}"] = (lambda s_, k_, pre: lambda q: s_.search(
-                q, final_num_neighbors=k_, pre_reorder_num_neighbors=pre)[0])(vs, k, query_reorder(vp, k))
+            methods[f"{name}@{k}"] = (lambda s_, k_, kw: lambda q: s_.search(
+                q, final_num_neighbors=k_, **kw)[0])(vs, k, search_kwargs(vp, k))
     for q in warm:  # page in, warm caches and thread pools
         for f in methods.values():
             f(q)
@@ -193,9 +206,9 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     lat = {m: pct_us(times[m]) for m in names}
 
     thr = {}
-    t = pc(); searcher.search_batched(queries, final_num_neighbors=K, pre_reorder_num_neighbors=pre_k)
+    t = pc(); searcher.search_batched(queries, final_num_neighbors=K, **kw_k)
     thr["scann_batched_1thread"] = pc() - t
-    t = pc(); searcher.search_batched_parallel(queries, final_num_neighbors=K, pre_reorder_num_neighbors=pre_k)
+    t = pc(); searcher.search_batched_parallel(queries, final_num_neighbors=K, **kw_k)
     thr["scann_batched_parallel"] = pc() - t
     t = pc(); exact_topk(emb, queries, K); thr["numpy_batched"] = pc() - t
     t = pc(); bf_searcher.search_batched_parallel(queries, final_num_neighbors=K)
@@ -206,7 +219,7 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     leaves = params["num_leaves"]
     sweep = []
     for lts in sorted({max(1, round(leaves * f)) for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)}
-                      | {params["num_leaves_to_search"]}):
+                      | {params["num_leaves_to_search"], query_leaves(params, K) or 1}):
         ts, g = [], []
         for q in queries:
             t = pc(); idx, _ = searcher.search(q, final_num_neighbors=K, pre_reorder_num_neighbors=pre_k,
@@ -221,8 +234,8 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
 
     r = {
         "items": n, "dim": dim, "clusters": clusters, "queries": n_queries, "k_serve": k_serve,
-        "params": params, "pre_reorder": {str(K): pre_k, str(k_serve): pre_serve},
-        "build_s": build_s, "brute_force_build_s": bf_build_s, "exact_ground_truth_s": exact_s,
+        "params": params, "search_kwargs": {str(K): kw_k, str(k_serve): kw_serve},
+        "build_s": build_s, "calibrate_s": calibrate_s, "brute_force_build_s": bf_build_s, "exact_ground_truth_s": exact_s,
         "recall_at_10": recall(got["scann"], exact, K),
         f"recall_at_{k_serve}": recall(got[f"scann_k{k_serve}"], exact, k_serve),
         "recall_at_10_numpy_brute_force": recall(got["numpy_brute_force"], exact, K),
@@ -246,7 +259,7 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
         v["ratio_p50_vs_numpy"] = lat["numpy_brute_force"]["p50"] / v["latency_us"]["p50"]
         v["goal_met"] = v["recall_at_10"] >= 0.95 and v["ratio_p50_vs_numpy"] >= 50
         r["variants"][name] = v
-        print(f"  variant {name} ({vp['num_leaves_to_search']} / {vp['num_leaves']} leaves): recall@10 "
+        print(f"  variant {name} ({leaves_text(vp, k_serve)} leaves): recall@10 "
               f"{v['recall_at_10']:.4f} at {v['latency_us']['p50']:.0f} us ({v['ratio_p50_vs_numpy']:.0f}x), "
               f"recall@{k_serve} {v[f'recall_at_{k_serve}']:.4f} at {v[f'latency_us_k{k_serve}']['p50']:.0f} us",
               flush=True)
@@ -258,16 +271,22 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     return r
 
 
+def leaves_text(params: dict, k_serve: int) -> str:
+    """Leaves a query for 10 and for `k_serve` neighbours searches, of all leaves: "16, 50 / 316"."""
+    most = params["num_leaves_to_search"]
+    return f"{query_leaves(params, K) or most}, {query_leaves(params, k_serve) or most} / {params['num_leaves']}"
+
+
 def table(results: list[dict]) -> str:
     ks = results[0]["k_serve"]
-    cols = ["items", "dim", "leaves searched", "build s", "recall@10", f"recall@{ks}", "ScaNN p50 / p99 µs",
+    cols = ["items", "dim", f"leaves searched k=10, {ks} / all", "build s", "recall@10", f"recall@{ks}", "ScaNN p50 / p99 µs",
             f"ScaNN k={ks} p50 µs", "NumPy BF p50 / p99 µs", "ScaNN BF p50 / p99 µs",
             "ratio p50 vs NumPy / ScaNN BF",
             "batched q/s: ScaNN 1 thread / NumPy 1 thread (ratio) / ScaNN all cores", "goal"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
     for r in results:
         lat, q, p = r["latency_us"], r["throughput_qps"], r["params"]
-        row = [f"{r['items']:,}", str(r["dim"]), f"{p['num_leaves_to_search']} / {p['num_leaves']}",
+        row = [f"{r['items']:,}", str(r["dim"]), leaves_text(p, ks),
                f"{r['build_s']:.1f}", f"{r['recall_at_10']:.4f}", f"{r[f'recall_at_{ks}']:.4f}",
                f"{lat['scann']['p50']:.0f} / {lat['scann']['p99']:.0f}",
                f"{lat[f'scann_k{ks}']['p50']:.0f}",
@@ -279,7 +298,7 @@ def table(results: list[dict]) -> str:
                "met" if r["goal_met"] else "NOT met"]
         lines.append("| " + " | ".join(row) + " |")
     if any(r.get("variants") for r in results):
-        lines += ["", f"| items | dim | settings | leaves searched | recall@10 | p50 µs | ratio p50 vs NumPy | "
+        lines += ["", f"| items | dim | settings | leaves searched k=10, {ks} / all | recall@10 | p50 µs | ratio p50 vs NumPy | "
                       f"recall@{ks} | k={ks} p50 µs | goal |", "|" + "---:|" * 10]
         for r in results:
             p = r["params"]
@@ -289,8 +308,7 @@ def table(results: list[dict]) -> str:
                       v[f"recall_at_{ks}"], v[f"latency_us_k{ks}"]["p50"], v["goal_met"])
                      for name, v in r.get("variants", {}).items()]
             for name, vp, r10, p50, ratio, rk, pk, met in rows:
-                lines.append(f"| {r['items']:,} | {r['dim']} | {name} | {vp['num_leaves_to_search']} / "
-                             f"{vp['num_leaves']} | {r10:.4f} | {p50:.0f} | {ratio:.0f}x | {rk:.4f} | {pk:.0f} | "
+                lines.append(f"| {r['items']:,} | {r['dim']} | {name} | {leaves_text(vp, ks)} | {r10:.4f} | {p50:.0f} | {ratio:.0f}x | {rk:.4f} | {pk:.0f} | "
                              f"{'met' if met else 'NOT met'} |")
     return "\n".join(lines)
 

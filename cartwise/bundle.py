@@ -457,10 +457,28 @@ def query_reorder(index: Mapping[str, Any] | None, k: int) -> int | None:
     return reorder_depth(k, index["reorder"], index.get("reorder_per_neighbor"))
 
 
-def reorder_kwargs(index: Mapping[str, Any] | None, k: int) -> dict[str, int]:
-    """:func:`query_reorder` as keyword arguments of a ScaNN `search` / `search_batched` call ({} for an exact index)."""
-    depth = query_reorder(index, k)
-    return {"pre_reorder_num_neighbors": depth} if depth else {}
+def query_leaves(index: Mapping[str, Any] | None, k: int) -> int | None:
+    """`leaves_to_search` for a query of `k` neighbours on the index that `index` describes.
+
+    The calibrated leaves (`leaves_by_k`, :func:`pipelines.build_index.calibrate_leaves`) of the smallest
+    calibrated neighbour count >= k: a longer list needs at least as many leaves. None (the searcher's own
+    `num_leaves_to_search`) past the largest calibrated count, for an uncalibrated index (a bundle exported
+    before calibration, `target_recall: null`) and for an exact one.
+    """
+    if not index or index.get("type") != "tree_ah" or not index.get("leaves_by_k"):
+        return None
+    fits = [(int(c), int(leaves)) for c, leaves in index["leaves_by_k"].items() if int(c) >= k]
+    return min(fits)[1] if fits else None
+
+
+def search_kwargs(index: Mapping[str, Any] | None, k: int) -> dict[str, int]:
+    """Keyword arguments of a ScaNN `search` / `search_batched` call for `k` neighbours on the index that `index`
+    describes: the re-ordering depth (:func:`query_reorder`) and the leaves searched (:func:`query_leaves`); {}
+    for an exact index. Serving, evaluation, the export gate, the bundle's golden replay and the benchmarks
+    all ask through this one function."""
+    depth, leaves = query_reorder(index, k), query_leaves(index, k)
+    return {**({"pre_reorder_num_neighbors": depth} if depth else {}),
+            **({"leaves_to_search": leaves} if leaves else {})}
 
 
 def _exact_scores(searcher) -> bool:
@@ -606,7 +624,7 @@ def _replay_golden(b: LoadedBundle, embeddings: np.ndarray, search: bool = True)
     k = min(int(spec["k"]), n)
     stored = np.ascontiguousarray(stored, dtype=np.float32)
     # re-ordering as deep as the export gate that recorded the expected neighbours (and serving, for k)
-    got, dist = b.searcher.search_batched(stored, final_num_neighbors=k, **reorder_kwargs(b.manifest.get("index"), k))
+    got, dist = b.searcher.search_batched(stored, final_num_neighbors=k, **search_kwargs(b.manifest.get("index"), k))
     got, dist = np.asarray(got, dtype=np.int64), np.asarray(dist, dtype=np.float32)
     exact_scores = _exact_scores(b.searcher)
     overlap, wrong, worst = 0, set(), 0.0

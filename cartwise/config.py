@@ -140,8 +140,16 @@ class IndexConfig(_Section):
     hashed candidates: a query for k neighbours re-orders
     `reorder_per_neighbor` x k of them, at most `reorder` unless k itself is
     more (`reorder_per_neighbor: 0` always re-orders `reorder`), see
-    `cartwise.bundle.reorder_depth`. Export fails when the index's recall@10 against
-    brute force on golden queries is below `min_recall`.
+    `cartwise.bundle.reorder_depth`. `num_leaves_to_search` is the most leaves a
+    query searches (default 3 sqrt(leaves), at most 50); with `target_recall`,
+    export and evaluation calibrate the search on `calibration_queries` real
+    query-tower outputs (other users than the golden ones): a query for k
+    neighbours searches the fewest leaves whose recall@k against brute force
+    on them reached `target_recall` with two standard errors to spare
+    (`leaves_by_k` in the manifest, `pipelines.build_index.calibrate_leaves`;
+    null: every query searches `num_leaves_to_search`). Export fails when the
+    index's recall@10 against brute force on golden queries is below
+    `min_recall`.
     """
 
     num_leaves: int | None = Field(None, ge=2)
@@ -151,6 +159,8 @@ class IndexConfig(_Section):
     reorder: int = Field(200, ge=1)
     reorder_per_neighbor: int = Field(5, ge=0)
     brute_force_below: int = Field(2000, ge=0)
+    target_recall: float | None = Field(0.95, gt=0.0, le=1.0)
+    calibration_queries: int = Field(200, ge=10)
     min_recall: float = Field(0.9, ge=0.0, le=1.0)
 
 

@@ -11,7 +11,7 @@ import math
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
-from cartwise.bundle import reorder_kwargs
+from cartwise.bundle import search_kwargs
 from cartwise.config import IndexConfig
 
 
@@ -22,12 +22,13 @@ def build_searcher(embeddings: np.ndarray, cfg: IndexConfig, k: int = 10):
     (about sqrt(n) leaves; with `cfg.soar_lambda` each item is also filed in
     a second leaf, SOAR: Sun et al., NeurIPS 2023), asymmetric hashing
     (`dims_per_block`, default :func:`default_dims_per_block`) and exact
-    re-ordering. Unless configured, a query searches
-    `default_leaves_to_search(leaves)` leaves. Every caller passes
-    `**cartwise.bundle.reorder_kwargs(params, k)`
-    per query (serving's two-tower source, evaluation, the export's recall
-    gate and the bundle's golden replay, the benchmark); the searcher's own
-    default is `cfg.reorder`.
+    re-ordering. Unless configured, a query searches at most
+    `default_leaves_to_search(leaves)` leaves; :func:`calibrate_leaves` then
+    lowers that per number of neighbours asked for. Every caller passes
+    `**cartwise.bundle.search_kwargs(params, k)` per query (serving's
+    two-tower source, evaluation, the export's recall gate and the bundle's
+    golden replay, the benchmarks); the searcher's own defaults are
+    `cfg.reorder` and the most leaves.
 
     Args:
         embeddings: float32 [N, D].
@@ -96,6 +97,98 @@ def default_leaves_to_search(leaves: int) -> int:
     return max(1, min(leaves, round(3 * math.sqrt(leaves)), MAX_DEFAULT_LEAVES_TO_SEARCH))
 
 
+def calibration_ks(k_max: int, first: int = 10) -> list[int]:
+    """Neighbour counts the search is calibrated at: 10, doubling, up to and including `k_max`.
+
+    A query for k neighbours uses the calibration of the smallest count >= k
+    (`cartwise.bundle.query_leaves`), so it searches at most twice the leaves a list of its own length needed.
+    """
+    ks, k = [], first
+    while k < k_max:
+        ks.append(k)
+        k *= 2
+    return ks + [k_max]
+
+
+def leaves_ladder(most: int) -> list[int]:
+    """Leaves counts tried by :func:`calibrate_leaves`: steps of about 25% from 1 up to `most`."""
+    return sorted({min(most, max(1, round(1.25 ** i))) for i in range(64) if 1.25 ** i < most * 1.25} | {most})
+
+
+#: standard errors of the calibration queries' mean recall a setting keeps above the target
+CALIBRATION_STANDARD_ERRORS = 2.0
+
+
+def calibrate_leaves(searcher, embeddings: np.ndarray, queries: np.ndarray, params: dict, k_max: int,
+                     target: float | None) -> dict:
+    """The fewest leaves a query for k neighbours must search to reach `target` recall@k, per k.
+
+    Where it sits: after :func:`build_searcher` in export (queries: the query tower's outputs for the most
+    active buyers after the golden ones, so the export's recall gate stays an independent check) and in
+    evaluation (training users who are not test users); the benchmarks pass queries drawn apart from the
+    ones they time.
+
+    For every k of :func:`calibration_ks` (`k_max`: the most neighbours the caller asks for), at the
+    re-ordering depth a query for k uses (`cartwise.bundle.query_reorder`), the leaves of
+    :func:`leaves_ladder` are tried from the previous k's choice upwards; the first whose mean recall@k
+    against exact inner-product search, less :data:`CALIBRATION_STANDARD_ERRORS` standard errors, reaches
+    `target` is kept. A k that does not reach it within `params["num_leaves_to_search"]` (the configured or
+    default most) keeps that most, so calibration only ever lowers the work of a query: it does not buy
+    recall the configured index does not have.
+
+    Args:
+        searcher: the tree + AH searcher over `embeddings`.
+        embeddings: float32 [N, D].
+        queries: float32 [Q, D] calibration queries (none: no calibration).
+        params: the index parameters of :func:`build_searcher`.
+        k_max: largest neighbour count calibrated.
+        target: recall@k to reach; None: no calibration.
+
+    Returns:
+        `params` plus `leaves_by_k` ({str(k): leaves}), `target_recall`, `calibration_queries` and
+        `calibrated_recall` ({str(k): mean recall@k at the chosen leaves}); `params` unchanged for an exact
+        index, no queries or no target.
+    """
+    from cartwise.bundle import query_reorder
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, embeddings.shape[1])
+    if params.get("type") != "tree_ah" or target is None or len(queries) == 0:
+        return params
+    n = embeddings.shape[0]
+    ks = calibration_ks(min(k_max, n))
+    exact = exact_top_k(embeddings, queries, ks[-1])
+    ladder = leaves_ladder(params["num_leaves_to_search"])
+    leaves_by_k, recall_by_k, start = {}, {}, 0
+    for k in ks:
+        truth = [set(row[:k].tolist()) for row in exact]
+        for pos in range(start, len(ladder)):
+            got, _ = searcher.search_batched(queries, final_num_neighbors=k, leaves_to_search=ladder[pos],
+                                             pre_reorder_num_neighbors=query_reorder(params, k))
+            r = np.array([len(t & set(np.asarray(g).tolist())) / k for g, t in zip(got, truth)])
+            low = r.mean() - CALIBRATION_STANDARD_ERRORS * (r.std(ddof=1) if len(r) > 1 else 0.0) / np.sqrt(len(r))
+            if low >= target or pos == len(ladder) - 1:
+                break
+        start = pos
+        leaves_by_k[str(k)], recall_by_k[str(k)] = ladder[pos], round(float(r.mean()), 4)
+    return {**params, "leaves_by_k": leaves_by_k, "target_recall": target, "calibration_queries": len(queries),
+            "calibrated_recall": recall_by_k}
+
+
+def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int, budget: int = 1 << 25) -> np.ndarray:
+    """Exact inner-product top-k rows per query, best first (ties by row): matmul in blocks of queries
+    (about `budget` scores at a time) + argpartition."""
+    n = embeddings.shape[0]
+    k = min(k, n)
+    block = max(1, budget // max(n, 1))
+    out = np.empty((len(queries), k), np.int64)
+    for lo in range(0, len(queries), block):
+        s = queries[lo:lo + block] @ embeddings.T
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(s), 1))
+        order = np.lexsort((top, -np.take_along_axis(s, top, axis=1)), axis=1)
+        out[lo:lo + block] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
 def recall_vs_brute_force(searcher, embeddings: np.ndarray, queries: np.ndarray, k: int = 10,
                           index: dict | None = None) -> float:
     """Mean recall@k of the searcher's results against exact inner-product search.
@@ -106,10 +199,10 @@ def recall_vs_brute_force(searcher, embeddings: np.ndarray, queries: np.ndarray,
         queries: float32 [Q, D] golden queries.
         k: neighbours compared.
         index: the index parameters (`build_searcher`'s): each query re-orders what serving re-orders
-            for k neighbours (`cartwise.bundle.reorder_kwargs`); None: the searcher's default.
+            for k neighbours (`cartwise.bundle.search_kwargs`); None: the searcher's default.
     """
     k = min(k, embeddings.shape[0])
     got, _ = searcher.search_batched(np.ascontiguousarray(queries, dtype=np.float32), final_num_neighbors=k,
-                                     **reorder_kwargs(index, k))
-    exact = np.argsort(-(queries @ embeddings.T), axis=1, kind="stable")[:, :k]
+                                     **search_kwargs(index, k))
+    exact = exact_top_k(embeddings, np.asarray(queries, dtype=np.float32), k)
     return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(got, exact)]))

@@ -37,12 +37,12 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cartwise.bundle import CANDIDATE_TOWER, QUERY_TOWER, load_tower, reorder_kwargs
+from cartwise.bundle import CANDIDATE_TOWER, QUERY_TOWER, load_tower, search_kwargs
 from cartwise.config import CartwiseConfig
 from feature_repo import names as n
 from pipelines.build_dataset import train_cutoff
 from pipelines.build_features import open_store
-from pipelines.build_index import build_searcher
+from pipelines.build_index import build_searcher, calibrate_leaves
 from pipelines.feature_frames import item_features_as_of, user_features_as_of
 from pipelines.layout import Layout
 from pipelines.manifest import read_json, write_json, write_manifest
@@ -68,6 +68,12 @@ def purchase_history(purchases: pd.DataFrame) -> pd.DataFrame:
     h[n.USER_ID] = h[n.USER_ID].astype(str)
     h[n.ITEM_ID] = h[n.ITEM_ID].astype(str)
     return h
+
+
+def buyers_by_activity(history: pd.DataFrame) -> list[str]:
+    """The users of a :func:`purchase_history`, most purchase lines first (ties by user id)."""
+    return (history.groupby(n.USER_ID)["purchases"].sum().sort_values(ascending=False, kind="stable")
+            .index.astype(str).tolist())
 
 
 def repeat_lists(history: pd.DataFrame, users: Sequence[str], as_of: pd.Timestamp,
@@ -99,7 +105,7 @@ def model_lists(embed_query: Callable, searcher, item_ids: np.ndarray, user_fram
     q = embed_query(tensors(user_frame, QUERY_STRINGS, QUERY_FLOATS))
     k = min(length, len(item_ids))
     idx, _ = searcher.search_batched(np.ascontiguousarray(q, dtype=np.float32), final_num_neighbors=k,
-                                     **reorder_kwargs(index, k))
+                                     **search_kwargs(index, k))
     users = user_frame[n.USER_ID].astype(str).tolist()
     return {u: item_ids[row].tolist() for u, row in zip(users, idx)}
 
@@ -326,6 +332,18 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
         embed_items = load_tower(layout.model / CANDIDATE_TOWER)
         emb = embed_items(tensors(item_frame, CANDIDATE_STRINGS, CANDIDATE_FLOATS))
         searcher, params = build_searcher(emb, config.retrieval.index)
+    cfg = config.retrieval.index
+    if params["type"] == "tree_ah" and cfg.target_recall is not None:
+        # calibrated as export calibrates the bundle's index, on training buyers who are not test users
+        tested = set(users)
+        calib = [u for u in buyers_by_activity(history) if u not in tested][:cfg.calibration_queries]
+        with step(STAGE, f"calibrate leaves searched to recall >= {cfg.target_recall} on {len(calib)} queries",
+                  log) as s:
+            q = load_tower(layout.model / QUERY_TOWER)(
+                tensors(user_features_as_of(store, calib, cutoff), QUERY_STRINGS, QUERY_FLOATS)) if calib else []
+            params = calibrate_leaves(searcher, emb, np.asarray(q, dtype=np.float32), params, config.retrieval.k,
+                                      cfg.target_recall)
+            s["result"] = str(params.get("leaves_by_k", "no queries"))
     lists: dict[str, dict[str, list[str]]] = {}
     with step(STAGE, f"two-tower retrieval for {len(users):,} warm test users", log):
         lists["two_tower"] = model_lists(load_tower(layout.model / QUERY_TOWER), searcher,

@@ -44,8 +44,8 @@ from cartwise.config import CartwiseConfig
 from feature_repo import names as n
 from pipelines.baselines import popularity
 from pipelines.build_features import open_store
-from pipelines.build_index import build_searcher, recall_vs_brute_force
-from pipelines.evaluate import purchase_history
+from pipelines.build_index import build_searcher, calibrate_leaves, recall_vs_brute_force
+from pipelines.evaluate import buyers_by_activity, purchase_history
 from pipelines.export_ranking import write_ranker
 from pipelines.feature_frames import item_features_as_of, user_features_as_of
 from pipelines.layout import Layout
@@ -292,22 +292,42 @@ def write_golden(staging: Path, store, users: list[str], as_of: pd.Timestamp, se
     g = staging / b.GOLDEN_DIR
     g.mkdir(parents=True, exist_ok=True)
     with step(STAGE, f"index recall@{GOLDEN_K} vs brute force on {len(users)} golden queries", log) as s:
-        if users:
-            inputs = user_features_as_of(store, users, as_of)
-            inputs = inputs[[*QUERY_STRINGS, *QUERY_FLOATS]].astype({c: str for c in QUERY_STRINGS})
-            q = b.load_tower(staging / b.QUERY_TOWER)(tensors(inputs, QUERY_STRINGS, QUERY_FLOATS))
-            recall = recall_vs_brute_force(searcher, emb, q, k=GOLDEN_K, index=index)
-        else:
-            inputs = pd.DataFrame({c: pd.Series(dtype=str if c in QUERY_STRINGS else "float32")
-                                   for c in [*QUERY_STRINGS, *QUERY_FLOATS]})
-            q = np.zeros((0, emb.shape[1]), np.float32)
-            recall = 1.0
+        inputs, q = embed_users(staging, store, users, as_of, emb.shape[1])
+        recall = recall_vs_brute_force(searcher, emb, q, k=GOLDEN_K, index=index) if users else 1.0
         s["result"] = f"{recall:.3f}"
     inputs.to_parquet(g / b.GOLDEN_INPUTS, index=False)
     np.save(g / b.GOLDEN_QUERIES, q.astype(np.float32), allow_pickle=False)
     (g / b.GOLDEN_EXPECTED).write_text(json.dumps({"k": GOLDEN_K, "min_recall": min_recall, "strings": QUERY_STRINGS,
                                                    "floats": QUERY_FLOATS, "users": users}))
     return recall
+
+
+def embed_users(staging: Path, store, users: list[str], as_of: pd.Timestamp, dim: int
+                ) -> tuple[pd.DataFrame, np.ndarray]:
+    """The staged query tower's outputs for `users` as of `as_of`: (its inputs, float32 [len(users), dim])."""
+    if not users:
+        return (pd.DataFrame({c: pd.Series(dtype=str if c in QUERY_STRINGS else "float32")
+                              for c in [*QUERY_STRINGS, *QUERY_FLOATS]}), np.zeros((0, dim), np.float32))
+    inputs = user_features_as_of(store, users, as_of)
+    inputs = inputs[[*QUERY_STRINGS, *QUERY_FLOATS]].astype({c: str for c in QUERY_STRINGS})
+    q = b.load_tower(staging / b.QUERY_TOWER)(tensors(inputs, QUERY_STRINGS, QUERY_FLOATS))
+    return inputs, np.asarray(q, dtype=np.float32)
+
+
+def calibrate_index(staging: Path, store, searcher, emb: np.ndarray, params: dict, users: list[str],
+                    as_of: pd.Timestamp, config: CartwiseConfig, log: Log) -> dict:
+    """`params` with the leaves a query searches per neighbour count (`pipelines.build_index.calibrate_leaves`),
+    calibrated on the query tower's outputs for `users` (not the golden ones: the recall gate stays independent)."""
+    cfg = config.retrieval.index
+    if params.get("type") != "tree_ah" or cfg.target_recall is None:
+        return params
+    with step(STAGE, f"calibrate leaves searched to recall >= {cfg.target_recall} on {len(users)} queries",
+              log) as s:
+        _, q = embed_users(staging, store, users, as_of, emb.shape[1])
+        params = calibrate_leaves(searcher, emb, q, params, config.retrieval.k, cfg.target_recall)
+        s["result"] = (", ".join(f"k={k}: {v} leaves" for k, v in params["leaves_by_k"].items())
+                       if "leaves_by_k" in params else f"no queries: {params['num_leaves_to_search']} leaves")
+    return params
 
 
 def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, searcher, params: dict,
@@ -319,7 +339,7 @@ def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, sea
 
     Args:
         staging: the bundle being written; towers and index are in it.
-        store: the Feast store (golden users' query-tower inputs as of `as_of`).
+        store: the Feast store (golden and calibration users' query-tower inputs as of `as_of`).
         frame: item features as of `as_of`, one row per indexed item, in index order.
         emb: (N, D) float32 item embeddings, rows as `frame`.
         searcher: the ScaNN searcher over `emb`.
@@ -334,22 +354,29 @@ def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, sea
             `ranking/`); None or a directory without one: no ranker in the bundle.
 
     Returns:
-        Manifest fields: `index` (params, recall against brute force, golden
-        query count), `golden`, `serving_tables` and, with a ranker, `ranking`.
+        Manifest fields: `index` (params with the calibrated leaves per neighbour count, recall against
+        brute force, golden query count), `golden`, `serving_tables` and, with a ranker, `ranking`.
 
     Raises:
         ExportRefused: recall@10 on the golden queries below `retrieval.index.min_recall`.
     """
     purchases = events[events[n.EVENT_TYPE] == n.PURCHASE]
     history = purchase_history(purchases)
-    users = golden_users(history)
+    # the most active buyers are the golden users (their queries exercise the index where it matters most), the
+    # next ones calibrate the leaves searched
+    buyers = buyers_by_activity(history)
+    users = buyers[:GOLDEN_QUERIES]
+    params = calibrate_index(staging, store, searcher, emb, params,
+                             buyers[GOLDEN_QUERIES:GOLDEN_QUERIES + config.retrieval.index.calibration_queries],
+                             as_of, config, log)
     min_recall = config.retrieval.index.min_recall
     recall = write_golden(staging, store, users, as_of, searcher, emb, min_recall, log, index=params)
     if recall < min_recall:
         raise ExportRefused(f"index recall@{GOLDEN_K} {recall:.3f} < retrieval.index.min_recall {min_recall} "
-                            f"(re-ordering {b.query_reorder(params, GOLDEN_K)} candidates per query, as serving "
-                            f"asks for {GOLDEN_K}); raise retrieval.index.num_leaves_to_search or "
-                            "reorder_per_neighbor")
+                            f"(searching {b.query_leaves(params, GOLDEN_K) or params.get('num_leaves_to_search')}"
+                            f" leaves and re-ordering {b.query_reorder(params, GOLDEN_K)} candidates per query, as "
+                            f"serving asks for {GOLDEN_K}); raise retrieval.index.target_recall (the leaves searched "
+                            "are calibrated to it), num_leaves_to_search or reorder_per_neighbor")
     serving_tables = write_serving_tables(staging, frame, items, purchases, history, as_of, config)
     ranker = write_ranker(staging, ranker_from, store, purchases, frame[n.ITEM_ID].astype(str).tolist(), as_of,
                           config, log)
@@ -357,12 +384,6 @@ def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, sea
     return {"index": {**params, "recall_at_10_vs_brute_force": recall, "golden_queries": len(users)},
             "golden": {"queries": len(users), "k": GOLDEN_K, "min_recall": min_recall},
             "serving_tables": serving_tables, **(ranker or {})}
-
-
-def golden_users(history: pd.DataFrame) -> list[str]:
-    """The most active buyers: their queries exercise the index where it matters most."""
-    return (history.groupby(n.USER_ID)["purchases"].sum().sort_values(ascending=False, kind="stable")
-            .head(GOLDEN_QUERIES).index.astype(str).tolist())
 
 
 # --- the drift gate ------------------------------------------------------------------

@@ -65,7 +65,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from cartwise.bundle import reorder_kwargs
+from cartwise.bundle import search_kwargs
 from cartwise.config import (
     BoughtTogetherSourceConfig, ConfigError, ContentSourceConfig, CustomSourceConfig, PopularInCategorySourceConfig,
     PopularitySourceConfig, RepeatSourceConfig, RetrievalConfig, TwoTowerSourceConfig, source_names,
@@ -253,8 +253,8 @@ class Catalog:
         history: purchase history frame (user_id, item_id, last_purchase, purchases).
         as_of: the bundle's as-of instant (ages of past purchases are taken at it).
         searcher: the ScaNN searcher (None: no `two_tower`).
-        index: the searcher's parameters (the manifest's `index`): how deep a query re-orders
-            (`cartwise.bundle.reorder_kwargs`); None or an exact index: the searcher's default.
+        index: the searcher's parameters (the manifest's `index`): how deep a query re-orders and how many
+            leaves it searches (`cartwise.bundle.search_kwargs`); None or an exact index: the searcher's default.
         bought_together: frame (item_id, neighbour_id, score) or None.
         content: (N, d) content embeddings or None.
 
@@ -473,9 +473,10 @@ class ScannSource(Source):
             return self._none()
         c = self.catalog_
         want = min(len(c), n + query.n_excluded)
-        # a tree + AH index re-orders as many candidates as the query needs (and returns at most that many)
+        # a tree + AH index re-orders (and returns at most) as many candidates, and searches as many leaves, as
+        # a query for `want` neighbours needs
         idx, scores = c.searcher.search(np.asarray(query.embedding, dtype=np.float32), final_num_neighbors=want,
-                                        **reorder_kwargs(c.index, want))
+                                        **search_kwargs(c.index, want))
         return self._top(np.asarray(idx, dtype=np.int64), np.asarray(scores, dtype=np.float64), query, n,
                          presorted=True)
 

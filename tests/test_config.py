@@ -64,3 +64,28 @@ def test_reorder_depth_scales_with_the_neighbours_asked_for():
     assert [reorder_depth(k, 200, 5) for k in (1, 10, 40, 60, 200, 300)] == [5, 50, 200, 200, 200, 300]
     # 0 or None (bundles exported before the setting): always the configured depth, never fewer than k
     assert [reorder_depth(k, 200, p) for k in (10, 300) for p in (0, None)] == [200, 200, 300, 300]
+
+
+def test_search_kwargs_take_the_calibrated_leaves_of_the_next_calibrated_count():
+    from cartwise.bundle import query_leaves, search_kwargs
+
+    index = {"type": "tree_ah", "reorder": 200, "reorder_per_neighbor": 5, "num_leaves_to_search": 50,
+             "leaves_by_k": {"10": 15, "20": 28, "200": 50}}
+    assert [query_leaves(index, k) for k in (1, 10, 11, 20, 21, 200, 201)] == [15, 15, 28, 28, 50, 50, None]
+    assert search_kwargs(index, 10) == {"pre_reorder_num_neighbors": 50, "leaves_to_search": 15}
+    # past the largest calibrated count the searcher's own (the most) leaves are searched
+    assert search_kwargs(index, 300) == {"pre_reorder_num_neighbors": 300}
+    # an uncalibrated index (target_recall: null, or a bundle exported before calibration) and an exact one
+    uncalibrated = {k: v for k, v in index.items() if k != "leaves_by_k"}
+    assert search_kwargs(uncalibrated, 10) == {"pre_reorder_num_neighbors": 50}
+    assert search_kwargs({"type": "brute_force", "items": 100}, 10) == {}
+    assert search_kwargs(None, 10) == {}
+
+
+def test_index_calibration_settings_are_validated():
+    from cartwise.config import IndexConfig
+
+    assert IndexConfig().target_recall == 0.95 and IndexConfig(target_recall=None).target_recall is None
+    for bad in ({"target_recall": 0}, {"target_recall": 1.5}, {"calibration_queries": 5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            IndexConfig(**bad)
