@@ -65,9 +65,10 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cartwise.bundle import query_leaves, query_reorder, search_kwargs  # noqa: E402
+from cartwise.bundle import exact_top_k, query_leaves, query_reorder, search_kwargs  # noqa: E402
 from cartwise.config import IndexConfig, load_config  # noqa: E402
-from pipelines.build_index import build_searcher, calibrate_leaves, default_num_leaves  # noqa: E402
+from pipelines.build_index import (build_searcher, calibrate_leaves, default_num_leaves,  # noqa: E402
+                                   recall_per_query)
 
 K = 10
 WARMUP = 20
@@ -106,8 +107,9 @@ class Mixture:
         return out
 
 
-def exact_topk(emb: np.ndarray, queries: np.ndarray, k: int, budget: int = 1 << 25) -> np.ndarray:
-    """Exact inner-product top-k, best first: float32 matmul in blocks of queries + argpartition."""
+def numpy_batched(emb: np.ndarray, queries: np.ndarray, k: int, budget: int = 1 << 25) -> np.ndarray:
+    """The timed batched brute force: float32 matmul in blocks of queries + one argpartition per block (ties
+    unordered; the ground truth is `cartwise.bundle.exact_top_k`)."""
     block = max(1, budget // emb.shape[0])
     out = np.empty((len(queries), k), np.int64)
     for lo in range(0, len(queries), block):
@@ -126,8 +128,7 @@ def numpy_search(emb: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
 
 
 def recall(got, exact: np.ndarray, k: int) -> float:
-    return float(np.mean([len(set(np.asarray(g)[:k].tolist()) & set(e[:k].tolist())) / k
-                          for g, e in zip(got, exact)]))
+    return float(recall_per_query(got, exact, k).mean())
 
 
 def pct_us(times: list[float]) -> dict:
@@ -171,7 +172,7 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
           f"{bf_build_s:.2f}s", flush=True)
 
     t = time.perf_counter()
-    exact = exact_topk(emb, queries, max(K, k_serve))
+    exact = exact_top_k(emb, queries, max(K, k_serve))
     exact_s = time.perf_counter() - t
 
     # each query re-orders and searches what serving would for k neighbours (cartwise.bundle.search_kwargs)
@@ -210,7 +211,7 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     thr["scann_batched_1thread"] = pc() - t
     t = pc(); searcher.search_batched_parallel(queries, final_num_neighbors=K, **kw_k)
     thr["scann_batched_parallel"] = pc() - t
-    t = pc(); exact_topk(emb, queries, K); thr["numpy_batched"] = pc() - t
+    t = pc(); numpy_batched(emb, queries, K); thr["numpy_batched"] = pc() - t
     t = pc(); bf_searcher.search_batched_parallel(queries, final_num_neighbors=K)
     thr["scann_brute_force_batched_parallel"] = pc() - t
     qps = {name: n_queries / s for name, s in thr.items()}
@@ -219,7 +220,7 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     leaves = params["num_leaves"]
     sweep = []
     for lts in sorted({max(1, round(leaves * f)) for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)}
-                      | {params["num_leaves_to_search"], query_leaves(params, K) or 1}):
+                      | {params["num_leaves_to_search"], query_leaves(params, K) or params["num_leaves_to_search"]}):
         ts, g = [], []
         for q in queries:
             t = pc(); idx, _ = searcher.search(q, final_num_neighbors=K, pre_reorder_num_neighbors=pre_k,

@@ -585,6 +585,26 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([above, np.flatnonzero(scores == kth)[: k - len(above)]])
 
 
+def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int, budget: int = 1 << 25) -> np.ndarray:
+    """Exact inner-product top-k rows per query, best first, ties to the lower row (as :func:`_top_k`, the golden
+    replay's rule): float32 matmul in blocks of about `budget` scores, then a partition per query.
+
+    Returns:
+        int64 [Q, min(k, N)].
+    """
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    queries = np.asarray(queries, dtype=np.float32).reshape(-1, embeddings.shape[1])
+    n = embeddings.shape[0]
+    k = min(k, n)
+    out = np.empty((len(queries), k), np.int64)
+    block = max(1, budget // max(n, 1))
+    for lo in range(0, len(queries), block):
+        for i, row in enumerate(queries[lo:lo + block] @ embeddings.T, start=lo):
+            top = _top_k(row, k)
+            out[i] = top[np.lexsort((top, -row[top]))]
+    return out
+
+
 def _replay_golden(b: LoadedBundle, embeddings: np.ndarray, search: bool = True) -> tuple[dict, list[str]]:
     """The golden replay of :func:`check_golden`; tower failures raise, index mismatches are returned.
 
@@ -623,7 +643,7 @@ def _replay_golden(b: LoadedBundle, embeddings: np.ndarray, search: bool = True)
         return stats, []
     k = min(int(spec["k"]), n)
     stored = np.ascontiguousarray(stored, dtype=np.float32)
-    # re-ordering as deep as the export gate that recorded the expected neighbours (and serving, for k)
+    # searching as the export gate that recorded the expected neighbours did (and serving, for k)
     got, dist = b.searcher.search_batched(stored, final_num_neighbors=k, **search_kwargs(b.manifest.get("index"), k))
     got, dist = np.asarray(got, dtype=np.int64), np.asarray(dist, dtype=np.float32)
     exact_scores = _exact_scores(b.searcher)

@@ -141,13 +141,18 @@ class IndexConfig(_Section):
     `reorder_per_neighbor` x k of them, at most `reorder` unless k itself is
     more (`reorder_per_neighbor: 0` always re-orders `reorder`), see
     `cartwise.bundle.reorder_depth`. `num_leaves_to_search` is the most leaves a
-    query searches (default 3 sqrt(leaves), at most 50); with `target_recall`,
-    export and evaluation calibrate the search on `calibration_queries` real
-    query-tower outputs (other users than the golden ones): a query for k
-    neighbours searches the fewest leaves whose recall@k against brute force
-    on them reached `target_recall` with two standard errors to spare
-    (`leaves_by_k` in the manifest, `pipelines.build_index.calibrate_leaves`;
-    null: every query searches `num_leaves_to_search`). Export fails when the
+    query searches (default 3 sqrt(leaves), at most 50). With `target_recall`,
+    export and evaluation calibrate the search on the query tower's outputs
+    for up to `calibration_queries` buyers (export: the most active after its
+    200 golden users; evaluation: training buyers who are not test users):
+    for list lengths 10, 20, 40, ... up to `retrieval.k`, the fewest leaves
+    whose recall@k against brute force on them reached `target_recall` with
+    two standard errors to spare, never fewer than a shorter list's and the
+    most where the target is not reached (`leaves_by_k` in the manifest,
+    `pipelines.build_index.calibrate_leaves`). A query for k neighbours
+    searches the leaves of the next calibrated length (the most past
+    `retrieval.k`). Fewer than 50 such buyers, or `target_recall: null`: every
+    query searches the most. Export fails when the
     index's recall@10 against brute force on golden queries is below
     `min_recall`.
     """

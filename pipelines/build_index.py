@@ -7,12 +7,14 @@ export (index over the whole catalog, serialized into the bundle).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
-from cartwise.bundle import search_kwargs
+from cartwise.bundle import exact_top_k, search_kwargs
 from cartwise.config import IndexConfig
+from pipelines.progress import Log, step
 
 
 def build_searcher(embeddings: np.ndarray, cfg: IndexConfig, k: int = 10):
@@ -27,7 +29,8 @@ def build_searcher(embeddings: np.ndarray, cfg: IndexConfig, k: int = 10):
     lowers that per number of neighbours asked for. Every caller passes
     `**cartwise.bundle.search_kwargs(params, k)` per query (serving's
     two-tower source, evaluation, the export's recall gate and the bundle's
-    golden replay, the benchmarks); the searcher's own defaults are
+    golden replay, the benchmarks; calibration and the benchmark's sweep
+    override its `leaves_to_search`); the searcher's own defaults are
     `cfg.reorder` and the most leaves.
 
     Args:
@@ -90,9 +93,11 @@ def default_leaves_to_search(leaves: int) -> int:
     the trained towers' queries, which are harder than the benchmark's
     synthetic ones: on the demo bundle's 200 golden queries (3,648 items, 60
     leaves, SOAR) recall@10 / @60 was 0.99 / 0.97 at 23 leaves but 0.85-0.91
-    / 0.78-0.84 at 8 (sqrt(leaves)). Export refuses an index whose recall on
-    its golden queries (real users' queries) is below `min_recall`: raise
-    `num_leaves_to_search` then.
+    / 0.78-0.84 at 8 (sqrt(leaves)). This is the most a query searches:
+    :func:`calibrate_leaves` lowers it per list length where real queries
+    reach `target_recall` with fewer. Export refuses an index whose recall on
+    its golden queries (real users' queries) is below `min_recall`, saying
+    which setting to raise.
     """
     return max(1, min(leaves, round(3 * math.sqrt(leaves)), MAX_DEFAULT_LEAVES_TO_SEARCH))
 
@@ -100,8 +105,8 @@ def default_leaves_to_search(leaves: int) -> int:
 def calibration_ks(k_max: int, first: int = 10) -> list[int]:
     """Neighbour counts the search is calibrated at: 10, doubling, up to and including `k_max`.
 
-    A query for k neighbours uses the calibration of the smallest count >= k
-    (`cartwise.bundle.query_leaves`), so it searches at most twice the leaves a list of its own length needed.
+    A query for k neighbours searches the leaves calibrated at the smallest count >= k
+    (`cartwise.bundle.query_leaves`): what a list up to twice its length needed.
     """
     ks, k = [], first
     while k < k_max:
@@ -117,76 +122,87 @@ def leaves_ladder(most: int) -> list[int]:
 
 #: standard errors of the calibration queries' mean recall a setting keeps above the target
 CALIBRATION_STANDARD_ERRORS = 2.0
+#: fewest calibration queries whose recall is trusted; with fewer every query searches the most leaves
+MIN_CALIBRATION_QUERIES = 50
+
+
+def recall_lower_bound(recalls: np.ndarray) -> float:
+    """Mean recall less :data:`CALIBRATION_STANDARD_ERRORS` standard errors (what calibration holds to the target)."""
+    r = np.asarray(recalls, dtype=np.float64)
+    spread = r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else 0.0
+    return float(r.mean() - CALIBRATION_STANDARD_ERRORS * spread)
 
 
 def calibrate_leaves(searcher, embeddings: np.ndarray, queries: np.ndarray, params: dict, k_max: int,
                      target: float | None) -> dict:
     """The fewest leaves a query for k neighbours must search to reach `target` recall@k, per k.
 
-    Where it sits: after :func:`build_searcher` in export (queries: the query tower's outputs for the most
-    active buyers after the golden ones, so the export's recall gate stays an independent check) and in
-    evaluation (training users who are not test users); the benchmarks pass queries drawn apart from the
-    ones they time.
+    Where it sits: after :func:`build_searcher`, through :func:`calibrate_on_users` in export (the query
+    tower's outputs for the most active buyers after the golden ones, so the export's recall gate stays an
+    independent check) and in evaluation (training buyers who are not test users); the benchmarks pass
+    queries drawn apart from the ones they time.
 
-    For every k of :func:`calibration_ks` (`k_max`: the most neighbours the caller asks for), at the
-    re-ordering depth a query for k uses (`cartwise.bundle.query_reorder`), the leaves of
-    :func:`leaves_ladder` are tried from the previous k's choice upwards; the first whose mean recall@k
-    against exact inner-product search, less :data:`CALIBRATION_STANDARD_ERRORS` standard errors, reaches
-    `target` is kept. A k that does not reach it within `params["num_leaves_to_search"]` (the configured or
-    default most) keeps that most, so calibration only ever lowers the work of a query: it does not buy
-    recall the configured index does not have.
+    For every k of :func:`calibration_ks` (`k_max`: the most neighbours the caller asks for), searching as a
+    query for k would (`cartwise.bundle.search_kwargs`: its re-ordering depth), the leaves of
+    :func:`leaves_ladder` are tried from the previous k's choice upwards; the first whose
+    :func:`recall_lower_bound` of recall@k against exact inner-product search reaches `target` is kept. A k
+    that does not reach it within `params["num_leaves_to_search"]` (the configured or default most) keeps
+    that most, so calibration only ever lowers the work of a query: it does not buy recall the configured
+    index does not have.
 
     Args:
         searcher: the tree + AH searcher over `embeddings`.
         embeddings: float32 [N, D].
-        queries: float32 [Q, D] calibration queries (none: no calibration).
+        queries: float32 [Q, D] calibration queries (fewer than :data:`MIN_CALIBRATION_QUERIES`: none).
         params: the index parameters of :func:`build_searcher`.
-        k_max: largest neighbour count calibrated.
+        k_max: largest neighbour count calibrated (at most N).
         target: recall@k to reach; None: no calibration.
 
     Returns:
-        `params` plus `leaves_by_k` ({str(k): leaves}), `target_recall`, `calibration_queries` and
-        `calibrated_recall` ({str(k): mean recall@k at the chosen leaves}); `params` unchanged for an exact
-        index, no queries or no target.
+        `params` plus `leaves_by_k` ({str(k): leaves}), `target_recall`, `calibration_queries`,
+        `calibrated_recall` and `calibrated_recall_low` ({str(k): mean recall@k and its lower bound at the
+        chosen leaves}); `params` unchanged for an exact index, too few queries or no target.
     """
-    from cartwise.bundle import query_reorder
-
     queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, embeddings.shape[1])
-    if params.get("type") != "tree_ah" or target is None or len(queries) == 0:
+    if params.get("type") != "tree_ah" or target is None or len(queries) < MIN_CALIBRATION_QUERIES:
         return params
-    n = embeddings.shape[0]
-    ks = calibration_ks(min(k_max, n))
+    ks = calibration_ks(min(k_max, embeddings.shape[0]))
     exact = exact_top_k(embeddings, queries, ks[-1])
     ladder = leaves_ladder(params["num_leaves_to_search"])
-    leaves_by_k, recall_by_k, start = {}, {}, 0
+    leaves_by_k, mean, low, pos = {}, {}, {}, 0
     for k in ks:
-        truth = [set(row[:k].tolist()) for row in exact]
-        for pos in range(start, len(ladder)):
-            got, _ = searcher.search_batched(queries, final_num_neighbors=k, leaves_to_search=ladder[pos],
-                                             pre_reorder_num_neighbors=query_reorder(params, k))
-            r = np.array([len(t & set(np.asarray(g).tolist())) / k for g, t in zip(got, truth)])
-            low = r.mean() - CALIBRATION_STANDARD_ERRORS * (r.std(ddof=1) if len(r) > 1 else 0.0) / np.sqrt(len(r))
-            if low >= target or pos == len(ladder) - 1:
+        for pos in range(pos, len(ladder)):
+            got, _ = searcher.search_batched(queries, final_num_neighbors=k,
+                                             **{**search_kwargs(params, k), "leaves_to_search": ladder[pos]})
+            r = recall_per_query(got, exact, k)
+            if recall_lower_bound(r) >= target or pos == len(ladder) - 1:
                 break
-        start = pos
-        leaves_by_k[str(k)], recall_by_k[str(k)] = ladder[pos], round(float(r.mean()), 4)
+        leaves_by_k[str(k)] = ladder[pos]
+        mean[str(k)], low[str(k)] = round(float(r.mean()), 4), round(recall_lower_bound(r), 4)
     return {**params, "leaves_by_k": leaves_by_k, "target_recall": target, "calibration_queries": len(queries),
-            "calibrated_recall": recall_by_k}
+            "calibrated_recall": mean, "calibrated_recall_low": low}
 
 
-def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int, budget: int = 1 << 25) -> np.ndarray:
-    """Exact inner-product top-k rows per query, best first (ties by row): matmul in blocks of queries
-    (about `budget` scores at a time) + argpartition."""
-    n = embeddings.shape[0]
-    k = min(k, n)
-    block = max(1, budget // max(n, 1))
-    out = np.empty((len(queries), k), np.int64)
-    for lo in range(0, len(queries), block):
-        s = queries[lo:lo + block] @ embeddings.T
-        top = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(s), 1))
-        order = np.lexsort((top, -np.take_along_axis(s, top, axis=1)), axis=1)
-        out[lo:lo + block] = np.take_along_axis(top, order, axis=1)
-    return out
+def calibrate_on_users(searcher, embeddings: np.ndarray, params: dict, users: list[str],
+                       embed_users: Callable[[list[str]], np.ndarray], k_max: int, cfg: IndexConfig, stage: str,
+                       log: Log) -> dict:
+    """:func:`calibrate_leaves` on the query tower's outputs for `users` (`embed_users(users)` -> [U, D]), logged
+    as a step of `stage`; `params` unchanged for an exact index or `target_recall: null`."""
+    if params.get("type") != "tree_ah" or cfg.target_recall is None:
+        return params
+    with step(stage, f"calibrate leaves searched to recall >= {cfg.target_recall} on {len(users)} users' "
+                     "queries", log) as s:
+        queries = embed_users(users) if users else np.zeros((0, embeddings.shape[1]), np.float32)
+        params = calibrate_leaves(searcher, embeddings, queries, params, k_max, cfg.target_recall)
+        s["result"] = (", ".join(f"k={k}: {v}" for k, v in params["leaves_by_k"].items()) + " leaves"
+                       if "leaves_by_k" in params else
+                       f"fewer than {MIN_CALIBRATION_QUERIES} queries: {params['num_leaves_to_search']} leaves for all")
+    return params
+
+
+def recall_per_query(got, exact: np.ndarray, k: int) -> np.ndarray:
+    """Recall@k of each query's returned rows (`got`, best first) against its exact top k (`exact`, best first)."""
+    return np.array([len(set(np.asarray(g)[:k].tolist()) & set(e[:k].tolist())) / k for g, e in zip(got, exact)])
 
 
 def recall_vs_brute_force(searcher, embeddings: np.ndarray, queries: np.ndarray, k: int = 10,
@@ -198,11 +214,10 @@ def recall_vs_brute_force(searcher, embeddings: np.ndarray, queries: np.ndarray,
         embeddings: float32 [N, D].
         queries: float32 [Q, D] golden queries.
         k: neighbours compared.
-        index: the index parameters (`build_searcher`'s): each query re-orders what serving re-orders
-            for k neighbours (`cartwise.bundle.search_kwargs`); None: the searcher's default.
+        index: the index parameters (`build_searcher`'s): each query re-orders and searches what serving
+            would for k neighbours (`cartwise.bundle.search_kwargs`); None: the searcher's defaults.
     """
     k = min(k, embeddings.shape[0])
-    got, _ = searcher.search_batched(np.ascontiguousarray(queries, dtype=np.float32), final_num_neighbors=k,
-                                     **search_kwargs(index, k))
-    exact = exact_top_k(embeddings, np.asarray(queries, dtype=np.float32), k)
-    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(got, exact)]))
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    got, _ = searcher.search_batched(queries, final_num_neighbors=k, **search_kwargs(index, k))
+    return float(recall_per_query(got, exact_top_k(embeddings, queries, k), k).mean())

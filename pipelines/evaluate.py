@@ -42,7 +42,7 @@ from cartwise.config import CartwiseConfig
 from feature_repo import names as n
 from pipelines.build_dataset import train_cutoff
 from pipelines.build_features import open_store
-from pipelines.build_index import build_searcher, calibrate_leaves
+from pipelines.build_index import build_searcher, calibrate_on_users
 from pipelines.feature_frames import item_features_as_of, user_features_as_of
 from pipelines.layout import Layout
 from pipelines.manifest import read_json, write_json, write_manifest
@@ -332,21 +332,19 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
         embed_items = load_tower(layout.model / CANDIDATE_TOWER)
         emb = embed_items(tensors(item_frame, CANDIDATE_STRINGS, CANDIDATE_FLOATS))
         searcher, params = build_searcher(emb, config.retrieval.index)
-    cfg = config.retrieval.index
-    if params["type"] == "tree_ah" and cfg.target_recall is not None:
-        # calibrated as export calibrates the bundle's index, on training buyers who are not test users
-        tested = set(users)
-        calib = [u for u in buyers_by_activity(history) if u not in tested][:cfg.calibration_queries]
-        with step(STAGE, f"calibrate leaves searched to recall >= {cfg.target_recall} on {len(calib)} queries",
-                  log) as s:
-            q = load_tower(layout.model / QUERY_TOWER)(
-                tensors(user_features_as_of(store, calib, cutoff), QUERY_STRINGS, QUERY_FLOATS)) if calib else []
-            params = calibrate_leaves(searcher, emb, np.asarray(q, dtype=np.float32), params, config.retrieval.k,
-                                      cfg.target_recall)
-            s["result"] = str(params.get("leaves_by_k", "no queries"))
+    # calibrated as export calibrates the bundle's index, on training buyers who are not test users, up to the
+    # length of the lists the evaluation asks for
+    tested = set(users)
+    embed_query = load_tower(layout.model / QUERY_TOWER)
+    params = calibrate_on_users(
+        searcher, emb, params, [u for u in buyers_by_activity(history) if u not in tested][
+            :config.retrieval.index.calibration_queries],
+        lambda some: np.asarray(embed_query(tensors(user_features_as_of(store, some, cutoff), QUERY_STRINGS,
+                                                    QUERY_FLOATS)), dtype=np.float32),
+        max(config.retrieval.k, length), config.retrieval.index, STAGE, log)
     lists: dict[str, dict[str, list[str]]] = {}
     with step(STAGE, f"two-tower retrieval for {len(users):,} warm test users", log):
-        lists["two_tower"] = model_lists(load_tower(layout.model / QUERY_TOWER), searcher,
+        lists["two_tower"] = model_lists(embed_query, searcher,
                                          np.asarray(known, dtype=object),
                                          user_features_as_of(store, users, cutoff), length, params)
     with step(STAGE, "baselines: popularity, repeat, item-kNN, EASE", log):

@@ -44,7 +44,7 @@ from cartwise.config import CartwiseConfig
 from feature_repo import names as n
 from pipelines.baselines import popularity
 from pipelines.build_features import open_store
-from pipelines.build_index import build_searcher, calibrate_leaves, recall_vs_brute_force
+from pipelines.build_index import build_searcher, calibrate_on_users, recall_vs_brute_force
 from pipelines.evaluate import buyers_by_activity, purchase_history
 from pipelines.export_ranking import write_ranker
 from pipelines.feature_frames import item_features_as_of, user_features_as_of
@@ -284,7 +284,7 @@ def write_golden(staging: Path, store, users: list[str], as_of: pd.Timestamp, se
                  min_recall: float, log: Log, index: dict | None = None) -> float:
     """Embed the golden users, check index recall against brute force, store them for load-time replay.
 
-    `index`: the index parameters; the queries re-order what serving re-orders for GOLDEN_K neighbours.
+    `index`: the index parameters; the queries re-order and search what serving would for GOLDEN_K neighbours.
 
     Returns:
         recall@10 of the index against exact search on the golden queries.
@@ -302,6 +302,20 @@ def write_golden(staging: Path, store, users: list[str], as_of: pd.Timestamp, se
     return recall
 
 
+def refusal(recall: float, min_recall: float, params: dict) -> str:
+    """Why export refuses an index whose golden recall@10 is below `min_recall`, and the setting that helps."""
+    most = params.get("num_leaves_to_search")
+    leaves = b.query_leaves(params, GOLDEN_K) or most
+    if leaves is not None and most is not None and leaves < most:  # calibration cut the search: ask it for more
+        advice = (f"raise retrieval.index.target_recall (the search of {GOLDEN_K} was calibrated down to {leaves} of "
+                  f"at most {most} leaves; null searches all {most})")
+    else:
+        advice = "raise retrieval.index.num_leaves_to_search or reorder_per_neighbor"
+    return (f"index recall@{GOLDEN_K} {recall:.3f} < retrieval.index.min_recall {min_recall} (searching {leaves} "
+            f"leaves and re-ordering {b.query_reorder(params, GOLDEN_K)} candidates per query, as serving asks for "
+            f"{GOLDEN_K}); {advice}")
+
+
 def embed_users(staging: Path, store, users: list[str], as_of: pd.Timestamp, dim: int
                 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The staged query tower's outputs for `users` as of `as_of`: (its inputs, float32 [len(users), dim])."""
@@ -312,22 +326,6 @@ def embed_users(staging: Path, store, users: list[str], as_of: pd.Timestamp, dim
     inputs = inputs[[*QUERY_STRINGS, *QUERY_FLOATS]].astype({c: str for c in QUERY_STRINGS})
     q = b.load_tower(staging / b.QUERY_TOWER)(tensors(inputs, QUERY_STRINGS, QUERY_FLOATS))
     return inputs, np.asarray(q, dtype=np.float32)
-
-
-def calibrate_index(staging: Path, store, searcher, emb: np.ndarray, params: dict, users: list[str],
-                    as_of: pd.Timestamp, config: CartwiseConfig, log: Log) -> dict:
-    """`params` with the leaves a query searches per neighbour count (`pipelines.build_index.calibrate_leaves`),
-    calibrated on the query tower's outputs for `users` (not the golden ones: the recall gate stays independent)."""
-    cfg = config.retrieval.index
-    if params.get("type") != "tree_ah" or cfg.target_recall is None:
-        return params
-    with step(STAGE, f"calibrate leaves searched to recall >= {cfg.target_recall} on {len(users)} queries",
-              log) as s:
-        _, q = embed_users(staging, store, users, as_of, emb.shape[1])
-        params = calibrate_leaves(searcher, emb, q, params, config.retrieval.k, cfg.target_recall)
-        s["result"] = (", ".join(f"k={k}: {v} leaves" for k, v in params["leaves_by_k"].items())
-                       if "leaves_by_k" in params else f"no queries: {params['num_leaves_to_search']} leaves")
-    return params
 
 
 def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, searcher, params: dict,
@@ -366,17 +364,14 @@ def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, sea
     # next ones calibrate the leaves searched
     buyers = buyers_by_activity(history)
     users = buyers[:GOLDEN_QUERIES]
-    params = calibrate_index(staging, store, searcher, emb, params,
-                             buyers[GOLDEN_QUERIES:GOLDEN_QUERIES + config.retrieval.index.calibration_queries],
-                             as_of, config, log)
+    params = calibrate_on_users(
+        searcher, emb, params, buyers[GOLDEN_QUERIES:GOLDEN_QUERIES + config.retrieval.index.calibration_queries],
+        lambda some: embed_users(staging, store, some, as_of, emb.shape[1])[1], config.retrieval.k,
+        config.retrieval.index, STAGE, log)
     min_recall = config.retrieval.index.min_recall
     recall = write_golden(staging, store, users, as_of, searcher, emb, min_recall, log, index=params)
     if recall < min_recall:
-        raise ExportRefused(f"index recall@{GOLDEN_K} {recall:.3f} < retrieval.index.min_recall {min_recall} "
-                            f"(searching {b.query_leaves(params, GOLDEN_K) or params.get('num_leaves_to_search')}"
-                            f" leaves and re-ordering {b.query_reorder(params, GOLDEN_K)} candidates per query, as "
-                            f"serving asks for {GOLDEN_K}); raise retrieval.index.target_recall (the leaves searched "
-                            "are calibrated to it), num_leaves_to_search or reorder_per_neighbor")
+        raise ExportRefused(refusal(recall, min_recall, params))
     serving_tables = write_serving_tables(staging, frame, items, purchases, history, as_of, config)
     ranker = write_ranker(staging, ranker_from, store, purchases, frame[n.ITEM_ID].astype(str).tolist(), as_of,
                           config, log)

@@ -89,3 +89,32 @@ def test_index_calibration_settings_are_validated():
     for bad in ({"target_recall": 0}, {"target_recall": 1.5}, {"calibration_queries": 5}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             IndexConfig(**bad)
+
+
+def test_exact_top_k_is_best_first_with_ties_to_the_lower_row_in_any_block_size():
+    import numpy as np
+
+    from cartwise.bundle import exact_top_k
+
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((500, 4)).astype(np.float32)
+    emb[7] *= 10
+    emb[100:110] = emb[7]  # ten copies of row 7, the longest rows: ties at the top for the query along row 7
+    queries = np.vstack([emb[7:8], rng.standard_normal((40, 4)).astype(np.float32)])
+    scores = queries @ emb.T
+    for budget in (500, 1 << 25):  # one query per block, all in one
+        for k in (1, 5, 10, 499, 500, 600):
+            got = exact_top_k(emb, queries, k, budget=budget)
+            assert got.shape == (41, min(k, 500))
+            np.testing.assert_array_equal(got, np.argsort(-scores, axis=1, kind="stable")[:, :k])
+    assert exact_top_k(emb, queries, 3)[0].tolist() == [7, 100, 101]  # the copies of row 7 best, lowest rows first
+
+
+def test_calibration_counts_double_up_to_the_largest_asked_for():
+    from pipelines.build_index import calibration_ks, leaves_ladder
+
+    assert calibration_ks(200) == [10, 20, 40, 80, 160, 200]
+    assert calibration_ks(160) == [10, 20, 40, 80, 160] and calibration_ks(10) == [10] and calibration_ks(3) == [3]
+    assert leaves_ladder(1) == [1] and leaves_ladder(50)[-1] == 50 and leaves_ladder(50)[:4] == [1, 2, 3, 4]
+    ladder = leaves_ladder(1000)
+    assert all(b / a <= 2 for a, b in zip(ladder, ladder[1:])) and ladder == sorted(set(ladder))

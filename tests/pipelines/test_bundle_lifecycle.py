@@ -193,3 +193,44 @@ def test_golden_queries_are_required_unless_the_bundle_predates_them(trained_sho
     _rehash(bare)
     with pytest.raises(b.BundleError, match=r"scann/ does not match item_embeddings\.npy.*scores .* rows unlike"):
         b.load_bundle(bare)
+
+
+def test_export_and_evaluation_calibrate_a_tree_index_on_other_users_than_the_golden_ones(
+        trained_shop, tmp_path, monkeypatch):
+    """A tree index (forced on the shop's 48 items): export calibrates the leaves searched on the buyers after
+    the golden ones, stores the table in the manifest, checks its golden recall and replays the golden queries
+    at load with it; evaluation calibrates its own index up to the lists it asks for."""
+    from pipelines import evaluate
+    from pipelines import build_index as bi
+    from pipelines.evaluate import buyers_by_activity, purchase_history
+
+    monkeypatch.setattr(export, "GOLDEN_QUERIES", 10)
+    monkeypatch.setattr(bi, "MIN_CALIBRATION_QUERIES", 10)  # the shop has a few dozen buyers
+    # a late split leaves training buyers who are not test users (evaluation calibrates on them)
+    cfg, _ = copy_shop(trained_shop[0], tmp_path, retrieval={"index": {"brute_force_below": 0}},
+                       evaluation={"split_date": "2011-04-28", "k": [5, 10]})
+    m = export.run(cfg, log=quiet)
+    index = m["index"]
+    items = index["items"]
+    assert index["type"] == "tree_ah" and items >= 16
+    assert list(index["leaves_by_k"]) == [str(k) for k in bi.calibration_ks(min(cfg.retrieval.k, items))]
+    events = pd.read_parquet(cfg.work_dir / "ingest" / "events.parquet")
+    buyers = buyers_by_activity(purchase_history(events[events[n.EVENT_TYPE] == n.PURCHASE]))
+    assert len(buyers) - 10 >= 10 and index["calibration_queries"] == min(len(buyers) - 10, 200)
+    root = cfg.work_dir / "bundles" / m["version"]
+    golden = json.loads((root / b.GOLDEN_DIR / b.GOLDEN_EXPECTED).read_text())
+    assert golden["users"] == buyers[:10]  # the calibration users are buyers[10:]: the gate stays independent
+    loaded = b.load_bundle(root)  # replays the golden queries with the calibrated search
+    assert loaded.manifest["index"]["leaves_by_k"] == index["leaves_by_k"]
+    assert b.search_kwargs(loaded.manifest["index"], 10)["leaves_to_search"] == index["leaves_by_k"]["10"]
+    assert index["recall_at_10_vs_brute_force"] >= cfg.retrieval.index.min_recall
+
+    metrics = evaluate.run(cfg, log=quiet)
+    ev = metrics["index"]
+    train, test = evaluate.split_purchases(events, pd.Timestamp(metrics["split"]["cutoff"]), None)
+    history = purchase_history(train)
+    tested = set(evaluate.test_targets(history, test)[0])
+    others = [u for u in buyers_by_activity(history) if u not in tested]
+    assert ev["type"] == "tree_ah" and ev["calibration_queries"] == len(others) >= 10
+    # calibrated up to the evaluation's list length, here all the items known at the cut-off (retrieval.k is 200)
+    assert list(ev["leaves_by_k"]) == [str(k) for k in bi.calibration_ks(ev["items"])]

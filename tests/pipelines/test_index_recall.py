@@ -15,8 +15,9 @@ import pytest
 
 from cartwise import bundle as b
 from cartwise.config import IndexConfig
-from pipelines.build_index import (build_searcher, calibrate_leaves, calibration_ks, exact_top_k, leaves_ladder,
-                                   recall_vs_brute_force)
+from cartwise.bundle import exact_top_k
+from pipelines.build_index import (MIN_CALIBRATION_QUERIES, build_searcher, calibrate_leaves, calibration_ks,
+                                   leaves_ladder, recall_vs_brute_force)
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +76,7 @@ def test_tree_ah_recall_at_10_vs_brute_force(data, shipped):
     assert params["soar_lambda"] and params["dims_per_block"] == 1  # 32-d: one dimension per block
     got = [set(np.asarray(searcher.search(q, final_num_neighbors=10, **kw)[0]).tolist()) for q in queries]
     assert np.mean([len(g & e) / 10 for g, e in zip(got, exact)]) >= 0.95
-    # the export gate's own measure (batched; full argsort, so on a subset)
+    # the export gate's own measure (batched, on a subset)
     assert recall_vs_brute_force(searcher, emb, queries[:300], k=10, index=params) >= 0.95
 
 
@@ -126,7 +127,8 @@ def test_serving_source_searches_what_its_request_needs(data, shipped, manifest_
     assert calibration_ks(K_SERVE) == [10, 20, 40, 80, 100] and list(index["leaves_by_k"]) == ["10", "20", "40", "80",
                                                                                                  "100"]
     if manifest_kind != "current":
-        for key in ("leaves_by_k", "target_recall", "calibration_queries", "calibrated_recall"):
+        for key in ("leaves_by_k", "target_recall", "calibration_queries", "calibrated_recall",
+                    "calibrated_recall_low"):
             del index[key]
     if manifest_kind == "before_reorder_per_neighbor":
         del index["reorder_per_neighbor"]
@@ -170,8 +172,13 @@ def test_calibration_lowers_the_leaves_a_short_list_searches_and_holds_the_targe
     assert leaves == sorted(leaves) and set(leaves) <= set(leaves_ladder(most))
     assert leaves[0] < most  # the short list is cut ...
     for k, n_leaves in params["leaves_by_k"].items():  # ... only where the target was reached
-        assert params["calibrated_recall"][k] >= target or n_leaves == most
+        assert params["calibrated_recall_low"][k] >= target or n_leaves == most
+        assert params["calibrated_recall_low"][k] < params["calibrated_recall"][k]
     exact = exact_top_k(emb, queries, 10)
+    # the chosen leaves, searched again on the calibration queries: mean less two standard errors >= target
+    got, _ = searcher.search_batched(calibration, final_num_neighbors=10, **b.search_kwargs(params, 10))
+    r = np.array([len(set(g.tolist()) & set(t.tolist())) / 10 for g, t in zip(got, exact_top_k(emb, calibration, 10))])
+    assert r.mean() - 2 * r.std(ddof=1) / np.sqrt(len(r)) >= target
     for k in (10, 20):
         kw = b.search_kwargs(params, k)
         got, _ = searcher.search_batched(queries, final_num_neighbors=k, **kw)
@@ -192,3 +199,7 @@ def test_calibration_lowers_the_leaves_a_short_list_searches_and_holds_the_targe
     # no target, or no queries: the parameters as built (every query searches the most leaves)
     assert calibrate_leaves(searcher, emb, calibration, plain, K_SERVE, None) == plain
     assert calibrate_leaves(searcher, emb, calibration[:0], plain, K_SERVE, target) == plain
+    assert calibrate_leaves(searcher, emb, calibration[:MIN_CALIBRATION_QUERIES - 1], plain, K_SERVE, target) == plain
+    # a searcher that may search one leaf: nothing to lower, every count gets it
+    one = calibrate_leaves(searcher, emb, calibration, {**plain, "num_leaves_to_search": 1}, K_SERVE, target)
+    assert set(one["leaves_by_k"].values()) == {1}
