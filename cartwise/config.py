@@ -165,7 +165,7 @@ class IndexConfig(_Section):
     reorder_per_neighbor: int = Field(5, ge=0)
     brute_force_below: int = Field(2000, ge=0)
     target_recall: float | None = Field(0.95, gt=0.0, le=1.0)
-    calibration_queries: int = Field(200, ge=10)
+    calibration_queries: int = Field(1000, ge=10)
     min_recall: float = Field(0.9, ge=0.0, le=1.0)
 
 
