@@ -643,7 +643,7 @@ def _replay_golden(b: LoadedBundle, embeddings: np.ndarray, search: bool = True)
         return stats, []
     k = min(int(spec["k"]), n)
     stored = np.ascontiguousarray(stored, dtype=np.float32)
-    # searching as the export gate that recorded the expected neighbours did (and serving, for k)
+    # searching as the export gate did (and serving, for k)
     got, dist = b.searcher.search_batched(stored, final_num_neighbors=k, **search_kwargs(b.manifest.get("index"), k))
     got, dist = np.asarray(got, dtype=np.int64), np.asarray(dist, dtype=np.float32)
     exact_scores = _exact_scores(b.searcher)

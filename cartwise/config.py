@@ -129,6 +129,10 @@ class ModelConfig(_Section):
     user_id_dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
+#: fewest calibration queries whose recall is trusted (pipelines.build_index.calibrate_leaves: fewer, no calibration)
+MIN_CALIBRATION_QUERIES = 50
+
+
 class IndexConfig(_Section):
     """ScaNN index parameters; below `brute_force_below` items an exact search is built.
 
@@ -145,7 +149,8 @@ class IndexConfig(_Section):
     export and evaluation calibrate the search on the query tower's outputs
     for up to `calibration_queries` buyers (export: the most active after its
     200 golden users; evaluation: training buyers who are not test users):
-    for list lengths 10, 20, 40, ... up to `retrieval.k`, the fewest leaves
+    for list lengths 10, 20, 40, ... up to `retrieval.k` (evaluation: up to
+    the length of its lists), the fewest leaves
     whose recall@k against brute force on them reached `target_recall` with
     two standard errors to spare, never fewer than a shorter list's and the
     most where the target is not reached (`leaves_by_k` in the manifest,
@@ -165,7 +170,7 @@ class IndexConfig(_Section):
     reorder_per_neighbor: int = Field(5, ge=0)
     brute_force_below: int = Field(2000, ge=0)
     target_recall: float | None = Field(0.95, gt=0.0, le=1.0)
-    calibration_queries: int = Field(1000, ge=10)
+    calibration_queries: int = Field(1000, ge=MIN_CALIBRATION_QUERIES)
     min_recall: float = Field(0.9, ge=0.0, le=1.0)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
 from cartwise.bundle import exact_top_k, search_kwargs
-from cartwise.config import IndexConfig
+from cartwise.config import MIN_CALIBRATION_QUERIES, IndexConfig
 from pipelines.progress import Log, step
 
 
@@ -122,8 +122,6 @@ def leaves_ladder(most: int) -> list[int]:
 
 #: standard errors of the calibration queries' mean recall a setting keeps above the target
 CALIBRATION_STANDARD_ERRORS = 2.0
-#: fewest calibration queries whose recall is trusted; with fewer every query searches the most leaves
-MIN_CALIBRATION_QUERIES = 50
 
 
 def recall_lower_bound(recalls: np.ndarray) -> float:
@@ -187,7 +185,8 @@ def calibrate_on_users(searcher, embeddings: np.ndarray, params: dict, users: li
                        embed_users: Callable[[list[str]], np.ndarray], k_max: int, cfg: IndexConfig, stage: str,
                        log: Log) -> dict:
     """:func:`calibrate_leaves` on the query tower's outputs for `users` (`embed_users(users)` -> [U, D]), logged
-    as a step of `stage`; `params` unchanged for an exact index or `target_recall: null`."""
+    as a step of `stage`; `params` unchanged for an exact index, `target_recall: null` or fewer than
+    :data:`MIN_CALIBRATION_QUERIES` users."""
     if params.get("type") != "tree_ah" or cfg.target_recall is None:
         return params
     with step(stage, f"calibrate leaves searched to recall >= {cfg.target_recall} on {len(users)} users' "

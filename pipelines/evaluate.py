@@ -97,8 +97,8 @@ def model_lists(embed_query: Callable, searcher, item_ids: np.ndarray, user_fram
     """Top-`length` items per user from the query tower and the ScaNN index.
 
     `index`: the index parameters (`build_searcher`'s or a manifest's); a tree + AH index re-orders as many
-    candidates as serving would for `length` neighbours (`cartwise.bundle.query_reorder`), else it returns
-    at most its default re-ordering depth.
+    candidates and searches as many leaves as serving would for `length` neighbours
+    (`cartwise.bundle.search_kwargs`: the calibrated leaves), else its defaults.
     """
     if user_frame.empty:
         return {}

@@ -308,7 +308,7 @@ def refusal(recall: float, min_recall: float, params: dict) -> str:
     leaves = b.query_leaves(params, GOLDEN_K) or most
     if leaves is not None and most is not None and leaves < most:  # calibration cut the search: ask it for more
         advice = (f"raise retrieval.index.target_recall (the search of {GOLDEN_K} was calibrated down to {leaves} of "
-                  f"at most {most} leaves; null searches all {most})")
+                  f"at most {most} leaves; null: every query searches the most, {most})")
     else:
         advice = "raise retrieval.index.num_leaves_to_search or reorder_per_neighbor"
     return (f"index recall@{GOLDEN_K} {recall:.3f} < retrieval.index.min_recall {min_recall} (searching {leaves} "

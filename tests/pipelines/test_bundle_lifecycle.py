@@ -209,7 +209,22 @@ def test_export_and_evaluation_calibrate_a_tree_index_on_other_users_than_the_go
     # a late split leaves training buyers who are not test users (evaluation calibrates on them)
     cfg, _ = copy_shop(trained_shop[0], tmp_path, retrieval={"index": {"brute_force_below": 0}},
                        evaluation={"split_date": "2011-04-28", "k": [5, 10]})
+    asked = []  # the index parameters every search of the gate and of the load-time replay was built from
+
+    def recording(search_kwargs):
+        def wrapper(index, k):
+            asked.append((dict(index or {}), k))
+            return search_kwargs(index, k)
+        return wrapper
+
+    monkeypatch.setattr(bi, "search_kwargs", recording(bi.search_kwargs))  # the export's recall gate
+    monkeypatch.setattr(b, "search_kwargs", recording(b.search_kwargs))  # the golden replay at load
     m = export.run(cfg, log=quiet)
+    # calibration searched first (without a table), then the gate and the replay of the staged bundle searched
+    # with the calibrated table, for 10 neighbours
+    calibrated = [(idx, k) for idx, k in asked if idx.get("leaves_by_k")]
+    assert len(calibrated) == 2 and asked[-2:] == calibrated and {k for _, k in calibrated} == {10}
+    asked.clear()
     index = m["index"]
     items = index["items"]
     assert index["type"] == "tree_ah" and items >= 16
@@ -223,7 +238,7 @@ def test_export_and_evaluation_calibrate_a_tree_index_on_other_users_than_the_go
     assert golden["users"] == buyers[:10]  # the calibration users are buyers[10:]: the gate stays independent
     loaded = b.load_bundle(root)  # replays the golden queries with the calibrated search
     assert loaded.manifest["index"]["leaves_by_k"] == index["leaves_by_k"]
-    assert b.search_kwargs(loaded.manifest["index"], 10)["leaves_to_search"] == index["leaves_by_k"]["10"]
+    assert [idx["leaves_by_k"] for idx, _ in asked] == [index["leaves_by_k"]]
     assert index["recall_at_10_vs_brute_force"] >= cfg.retrieval.index.min_recall
 
     metrics = evaluate.run(cfg, log=quiet)
