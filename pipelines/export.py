@@ -280,11 +280,12 @@ def write_serving_tables(staging: Path, frame: pd.DataFrame, items: pd.DataFrame
             "items_with_neighbours": int(pairs["item_id"].nunique()), "content_embedding_size": dim}
 
 
-def write_golden(staging: Path, store, users: list[str], as_of: pd.Timestamp, searcher, emb: np.ndarray,
-                 min_recall: float, log: Log, index: dict | None = None) -> float:
+def write_golden(staging: Path, embed_query, store, users: list[str], as_of: pd.Timestamp, searcher,
+                 emb: np.ndarray, min_recall: float, log: Log, index: dict | None = None) -> float:
     """Embed the golden users, check index recall against brute force, store them for load-time replay.
 
-    `index`: the index parameters; the queries re-order and search what serving would for GOLDEN_K neighbours.
+    `embed_query`: the staged query tower; `index`: the index parameters; the queries re-order and search what
+    serving would for GOLDEN_K neighbours.
 
     Returns:
         recall@10 of the index against exact search on the golden queries.
@@ -292,7 +293,7 @@ def write_golden(staging: Path, store, users: list[str], as_of: pd.Timestamp, se
     g = staging / b.GOLDEN_DIR
     g.mkdir(parents=True, exist_ok=True)
     with step(STAGE, f"index recall@{GOLDEN_K} vs brute force on {len(users)} golden queries", log) as s:
-        inputs, q = embed_users(staging, store, users, as_of, emb.shape[1])
+        inputs, q = embed_users(embed_query, store, users, as_of, emb.shape[1])
         recall = recall_vs_brute_force(searcher, emb, q, k=GOLDEN_K, index=index) if users else 1.0
         s["result"] = f"{recall:.3f}"
     inputs.to_parquet(g / b.GOLDEN_INPUTS, index=False)
@@ -316,15 +317,15 @@ def refusal(recall: float, min_recall: float, params: dict) -> str:
             f"{GOLDEN_K}); {advice}")
 
 
-def embed_users(staging: Path, store, users: list[str], as_of: pd.Timestamp, dim: int
+def embed_users(embed_query, store, users: list[str], as_of: pd.Timestamp, dim: int
                 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """The staged query tower's outputs for `users` as of `as_of`: (its inputs, float32 [len(users), dim])."""
+    """The query tower's (`embed_query`) outputs for `users` as of `as_of`: (its inputs, float32 [len(users), dim])."""
     if not users:
         return (pd.DataFrame({c: pd.Series(dtype=str if c in QUERY_STRINGS else "float32")
                               for c in [*QUERY_STRINGS, *QUERY_FLOATS]}), np.zeros((0, dim), np.float32))
     inputs = user_features_as_of(store, users, as_of)
     inputs = inputs[[*QUERY_STRINGS, *QUERY_FLOATS]].astype({c: str for c in QUERY_STRINGS})
-    q = b.load_tower(staging / b.QUERY_TOWER)(tensors(inputs, QUERY_STRINGS, QUERY_FLOATS))
+    q = embed_query(tensors(inputs, QUERY_STRINGS, QUERY_FLOATS))
     return inputs, np.asarray(q, dtype=np.float32)
 
 
@@ -364,12 +365,13 @@ def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, sea
     # next ones calibrate the leaves searched
     buyers = buyers_by_activity(history)
     users = buyers[:GOLDEN_QUERIES]
+    embed_query = b.load_tower(staging / b.QUERY_TOWER)  # the staged query tower, loaded once for both
     params = calibrate_on_users(
         searcher, emb, params, buyers[GOLDEN_QUERIES:GOLDEN_QUERIES + config.retrieval.index.calibration_queries],
-        lambda some: embed_users(staging, store, some, as_of, emb.shape[1])[1], config.retrieval.k,
+        lambda some: embed_users(embed_query, store, some, as_of, emb.shape[1])[1], config.retrieval.k,
         config.retrieval.index, STAGE, log)
     min_recall = config.retrieval.index.min_recall
-    recall = write_golden(staging, store, users, as_of, searcher, emb, min_recall, log, index=params)
+    recall = write_golden(staging, embed_query, store, users, as_of, searcher, emb, min_recall, log, index=params)
     if recall < min_recall:
         raise ExportRefused(refusal(recall, min_recall, params))
     serving_tables = write_serving_tables(staging, frame, items, purchases, history, as_of, config)
