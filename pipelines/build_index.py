@@ -191,7 +191,9 @@ def calibrate_on_users(searcher, embeddings: np.ndarray, params: dict, users: li
         return params
     with step(stage, f"calibrate leaves searched to recall >= {cfg.target_recall} on {len(users)} users' "
                      "queries", log) as s:
-        queries = embed_users(users) if users else np.zeros((0, embeddings.shape[1]), np.float32)
+        # below the minimum nothing is calibrated: the users' features are not even read
+        queries = (embed_users(users) if len(users) >= MIN_CALIBRATION_QUERIES
+                   else np.zeros((0, embeddings.shape[1]), np.float32))
         params = calibrate_leaves(searcher, embeddings, queries, params, k_max, cfg.target_recall)
         s["result"] = (", ".join(f"k={k}: {v}" for k, v in params["leaves_by_k"].items()) + " leaves"
                        if "leaves_by_k" in params else

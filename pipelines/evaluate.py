@@ -70,6 +70,18 @@ def purchase_history(purchases: pd.DataFrame) -> pd.DataFrame:
     return h
 
 
+def embed_users(embed_query, store, users: list[str], as_of: pd.Timestamp, dim: int
+                ) -> tuple[pd.DataFrame, np.ndarray]:
+    """The query tower's (`embed_query`) outputs for `users` as of `as_of`: (its inputs, float32 [len(users), dim])."""
+    if not users:
+        return (pd.DataFrame({c: pd.Series(dtype=str if c in QUERY_STRINGS else "float32")
+                              for c in [*QUERY_STRINGS, *QUERY_FLOATS]}), np.zeros((0, dim), np.float32))
+    inputs = user_features_as_of(store, users, as_of)
+    inputs = inputs[[*QUERY_STRINGS, *QUERY_FLOATS]].astype({c: str for c in QUERY_STRINGS})
+    q = embed_query(tensors(inputs, QUERY_STRINGS, QUERY_FLOATS))
+    return inputs, np.asarray(q, dtype=np.float32)
+
+
 def buyers_by_activity(history: pd.DataFrame) -> list[str]:
     """The users of a :func:`purchase_history`, most purchase lines first (ties by user id)."""
     return (history.groupby(n.USER_ID)["purchases"].sum().sort_values(ascending=False, kind="stable")
@@ -339,8 +351,7 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     params = calibrate_on_users(
         searcher, emb, params, [u for u in buyers_by_activity(history) if u not in tested][
             :config.retrieval.index.calibration_queries],
-        lambda some: np.asarray(embed_query(tensors(user_features_as_of(store, some, cutoff), QUERY_STRINGS,
-                                                    QUERY_FLOATS)), dtype=np.float32),
+        lambda some: embed_users(embed_query, store, some, cutoff, emb.shape[1])[1],
         max(config.retrieval.k, length), config.retrieval.index, STAGE, log)
     lists: dict[str, dict[str, list[str]]] = {}
     with step(STAGE, f"two-tower retrieval for {len(users):,} warm test users", log):

@@ -45,9 +45,9 @@ from feature_repo import names as n
 from pipelines.baselines import popularity
 from pipelines.build_features import open_store
 from pipelines.build_index import build_searcher, calibrate_on_users, recall_vs_brute_force
-from pipelines.evaluate import buyers_by_activity, purchase_history
+from pipelines.evaluate import buyers_by_activity, embed_users, purchase_history
 from pipelines.export_ranking import write_ranker
-from pipelines.feature_frames import item_features_as_of, user_features_as_of
+from pipelines.feature_frames import item_features_as_of
 from pipelines.layout import Layout
 from pipelines.manifest import read_json, write_json
 from pipelines.progress import Log, default_log, step
@@ -315,18 +315,6 @@ def refusal(recall: float, min_recall: float, params: dict) -> str:
     return (f"index recall@{GOLDEN_K} {recall:.3f} < retrieval.index.min_recall {min_recall} (searching {leaves} "
             f"leaves and re-ordering {b.query_reorder(params, GOLDEN_K)} candidates per query, as serving asks for "
             f"{GOLDEN_K}); {advice}")
-
-
-def embed_users(embed_query, store, users: list[str], as_of: pd.Timestamp, dim: int
-                ) -> tuple[pd.DataFrame, np.ndarray]:
-    """The query tower's (`embed_query`) outputs for `users` as of `as_of`: (its inputs, float32 [len(users), dim])."""
-    if not users:
-        return (pd.DataFrame({c: pd.Series(dtype=str if c in QUERY_STRINGS else "float32")
-                              for c in [*QUERY_STRINGS, *QUERY_FLOATS]}), np.zeros((0, dim), np.float32))
-    inputs = user_features_as_of(store, users, as_of)
-    inputs = inputs[[*QUERY_STRINGS, *QUERY_FLOATS]].astype({c: str for c in QUERY_STRINGS})
-    q = embed_query(tensors(inputs, QUERY_STRINGS, QUERY_FLOATS))
-    return inputs, np.asarray(q, dtype=np.float32)
 
 
 def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, searcher, params: dict,
