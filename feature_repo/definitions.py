@@ -117,6 +117,8 @@ def build(data_dir: Path) -> dict:
             Field(name=n.ITEM_PURCHASE_COUNT, dtype=Int64, description="purchase lines so far (guests included)"),
             Field(name=n.ITEM_BUYER_COUNT, dtype=Int64, description="distinct customers so far"),
             Field(name=n.ITEM_REVENUE, dtype=Float64, description="revenue so far"),
+            Field(name=n.ITEM_REPEAT_RATE, dtype=Float64,
+                  description="share of its customers who bought it on two or more days, beta prior"),
         ],
         description="Cumulative sales statistics of an item as of the end of each day with sales.",
     )

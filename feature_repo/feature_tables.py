@@ -91,11 +91,36 @@ def user_purchase_stats(events: pd.DataFrame) -> pd.DataFrame:
     return _stamp(daily)[cols].reset_index(drop=True)
 
 
-def item_purchase_stats(events: pd.DataFrame) -> pd.DataFrame:
+#: beta prior of item_repeat_rate: an item with no customers yet has this repeat rate
+REPEAT_PRIOR_BUYERS, REPEAT_PRIOR_RATE = 5.0, 0.1
+
+
+def _repeat_buyers(p: pd.DataFrame) -> pd.DataFrame:
+    """Per item and snapshot: customers who have bought the item on two or more days so far.
+
+    A customer counts from the snapshot after their second purchase day of the item (a day with
+    sales of the item, so a row of the item's daily table)."""
+    days = (p[p[n.USER_ID].notna()].assign(valid_from=lambda d: _day_end(d[n.EVENT_TIMESTAMP]))
+            .drop_duplicates([n.ITEM_ID, n.USER_ID, "valid_from"]).sort_values([n.ITEM_ID, n.USER_ID, "valid_from"]))
+    second = days[days.groupby([n.ITEM_ID, n.USER_ID], observed=True).cumcount() == 1]
+    per_day = second.groupby([n.ITEM_ID, "valid_from"]).size().rename("_new").reset_index()
+    per_day["_repeat"] = per_day.groupby(n.ITEM_ID)["_new"].cumsum()
+    return per_day[[n.ITEM_ID, "valid_from", "_repeat"]]
+
+
+def item_purchase_stats(events: pd.DataFrame, prior_buyers: float = REPEAT_PRIOR_BUYERS,
+                        prior_rate: float = REPEAT_PRIOR_RATE) -> pd.DataFrame:
     """Cumulative sales per item (guest purchases included), one row per day with sales.
+
+    `item_repeat_rate` = (customers who bought it on 2+ days + prior_buyers * prior_rate) /
+    (customers + prior_buyers): how habitually the item is re-bought (a staple vs a one-off), with a
+    beta prior so an item with one customer who came back is not rated 100%. Guests (no user id)
+    cannot be followed and do not count. On the Online Retail split it lifted the ranker's NDCG@10
+    from 0.4233 to 0.4287 (mean of five seeds, README "Read honestly").
 
     Args:
         events: canonical event log.
+        prior_buyers, prior_rate: the repeat rate's prior.
 
     Returns:
         Columns item_id, event_timestamp, created_timestamp and names.ITEM_FEATURES.
@@ -105,6 +130,10 @@ def item_purchase_stats(events: pd.DataFrame) -> pd.DataFrame:
     if p.empty:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in cols})
     daily = _running_sales(p, n.ITEM_ID, n.ITEM_PURCHASE_COUNT, n.ITEM_REVENUE, {n.ITEM_BUYER_COUNT: n.USER_ID})
+    daily = daily.merge(_repeat_buyers(p), on=[n.ITEM_ID, "valid_from"], how="left")
+    repeat = daily.groupby(n.ITEM_ID)["_repeat"].ffill().fillna(0)
+    daily[n.ITEM_REPEAT_RATE] = ((repeat + prior_buyers * prior_rate)
+                                 / (daily[n.ITEM_BUYER_COUNT] + prior_buyers)).astype("float64")
     daily = daily.rename(columns={"valid_from": n.EVENT_TIMESTAMP})
     return _stamp(daily)[cols].reset_index(drop=True)
 

@@ -64,7 +64,8 @@ USER_FEATURES = (
 ITEM_PURCHASE_COUNT = "item_purchase_count"
 ITEM_BUYER_COUNT = "item_buyer_count"
 ITEM_REVENUE = "item_revenue"
-ITEM_FEATURES = (ITEM_PURCHASE_COUNT, ITEM_BUYER_COUNT, ITEM_REVENUE)
+ITEM_REPEAT_RATE = "item_repeat_rate"  # smoothed share of the item's customers who bought it on 2+ days
+ITEM_FEATURES = (ITEM_PURCHASE_COUNT, ITEM_BUYER_COUNT, ITEM_REVENUE, ITEM_REPEAT_RATE)
 
 # --- training set ---
 WEIGHT = "weight"

@@ -64,6 +64,7 @@ def _fill_value(field):
 #: with no activity in its window is the prior, exactly what the table writes for that state.
 FILL_VALUES = {f.name: _fill_value(f) for v in JOINED_VIEWS for f in v.features if f.name != n.MARGIN}
 FILL_VALUES["item_conversion_30d"] = feature_tables.CONVERSION_PRIOR_RATE
+FILL_VALUES[n.ITEM_REPEAT_RATE] = feature_tables.REPEAT_PRIOR_RATE
 
 
 def train_cutoff(config: CartwiseConfig) -> pd.Timestamp:

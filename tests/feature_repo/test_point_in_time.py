@@ -79,7 +79,10 @@ event_rows = st.lists(st.tuples(st.sampled_from(USERS), st.sampled_from(ITEMS), 
                       min_size=1, max_size=40)
 entity_rows = st.lists(st.tuples(st.sampled_from(USERS + ["nobody"]), st.sampled_from(ITEMS),
                                  st.integers(0, 45 * 24 * 60), st.integers(0, 2)), min_size=1, max_size=25)
-backfills = st.lists(st.tuples(st.sampled_from(USERS), st.integers(0, 40), st.integers(1, 10)), max_size=6)
+# one backfill per (user, day): two rows with the same entity, event and created time have no defined winner
+# (Feast's join does not say which it keeps), so the oracle could not tell which value is right
+backfills = st.lists(st.tuples(st.sampled_from(USERS), st.integers(0, 40), st.integers(1, 10)), max_size=6,
+                     unique_by=lambda b: (b[0], b[1]))
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -125,7 +128,12 @@ def test_join_matches_naive_oracles_and_keeps_every_row(repo, rows, ents, back):
         for w in (7, 30):
             recent = up[up[n.EVENT_TIMESTAMP] >= t.floor("D") - pd.Timedelta(days=w)]
             assert d[f"user_purchases_{w}d"] == len(recent)
-        assert d[n.ITEM_PURCHASE_COUNT] == len(_before_day(purchases, t, item_id=item))
+        ip = _before_day(purchases, t, item_id=item)
+        assert d[n.ITEM_PURCHASE_COUNT] == len(ip)
+        buy_days = ip[n.EVENT_TIMESTAMP].dt.floor("D").groupby(ip[n.USER_ID]).nunique()  # no item sold: the fill
+        prior = feature_tables.REPEAT_PRIOR_BUYERS
+        assert d[n.ITEM_REPEAT_RATE] == pytest.approx(
+            ((buy_days >= 2).sum() + prior * feature_tables.REPEAT_PRIOR_RATE) / (len(buy_days) + prior))
         iv = _before_day(events[events[n.EVENT_TYPE] == "view"], t, item_id=item)
         assert d["item_views_7d"] == (iv[n.EVENT_TIMESTAMP] >= t.floor("D") - pd.Timedelta(days=7)).sum()
         ui = _before_day(events, t, user_id=user, item_id=item)
