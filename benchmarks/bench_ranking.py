@@ -9,7 +9,7 @@ Models, trained in this process on the same rows with `ranking` of cartwise.yaml
 
 1. `cartwise`: `models.ranking.RankingModel` fed as `pipelines/train_ranking.py`
    feeds it: one float matrix [B, F] per batch (every feature of the
-   ranking_v1 service plus the candidate source scores, 47 on Online Retail).
+   ranking_v1 service plus the candidate source scores, 48 on Online Retail).
 2. `per_feature_dict`: the same model fed the TFRS-tutorial way, one tensor
    per feature (`from_tensor_slices(dict)`), stacked inside the tower: what
    the matrix input saves.
