@@ -32,8 +32,9 @@ a trained candidate tower's) and queries drawn from the same mixture:
 4. Batched throughput (queries/s) over all queries: ScaNN `search_batched`
    (one thread) against NumPy matmul in blocks of queries + argpartition
    (one BLAS thread, see below), and ScaNN `search_batched_parallel` (all cores).
-5. A sweep of `leaves_to_search` on the same shipped searcher (recall@10 and
-   p50 per setting; not interleaved, so its ratios are rougher).
+5. A sweep of `leaves_to_search` on the same shipped searcher, each with the
+   shipped re-ordering depth and with 20 (recall@10 and p50 per setting; not
+   interleaved, so its ratios are rougher).
 
 The mixture's defaults are calibrated on the demo's trained candidate tower
 (3,648 items x 32): its log item norms have std 0.37 (`--norm-sigma 0.37`);
@@ -219,19 +220,22 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     np_p50 = lat["numpy_brute_force"]["p50"]
     leaves = params["num_leaves"]
     sweep = []
+    depths = sorted({d for d in (2 * K, pre_k) if d})  # the shipped depth, and a shallower one (cheaper, coarser)
     for lts in sorted({max(1, round(leaves * f)) for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)}
                       | {params["num_leaves_to_search"], query_leaves(params, K) or params["num_leaves_to_search"]}):
-        ts, g = [], []
-        for q in queries:
-            t = pc(); idx, _ = searcher.search(q, final_num_neighbors=K, pre_reorder_num_neighbors=pre_k,
-                                             leaves_to_search=lts); ts.append(pc() - t)
-            g.append(idx)
-        p50 = float(np.percentile(ts, 50)) * 1e6
-        sweep.append({"leaves_to_search": lts, "recall_at_10": recall(g, exact, K), "p50_us": p50,
-                      "ratio_p50_vs_numpy": np_p50 / p50})
-    print("sweep leaves_to_search -> recall@10 / p50 us / ratio: " + "; ".join(
-        f"{w['leaves_to_search']} -> {w['recall_at_10']:.3f} / {w['p50_us']:.0f} / {w['ratio_p50_vs_numpy']:.0f}x"
-        for w in sweep), flush=True)
+        for depth in depths or [None]:
+            kw = {"pre_reorder_num_neighbors": depth} if depth else {}
+            ts, g = [], []
+            for q in queries:
+                t = pc(); idx, _ = searcher.search(q, final_num_neighbors=K, leaves_to_search=lts, **kw)
+                ts.append(pc() - t)
+                g.append(idx)
+            p50 = float(np.percentile(ts, 50)) * 1e6
+            sweep.append({"leaves_to_search": lts, "pre_reorder": depth, "recall_at_10": recall(g, exact, K),
+                          "p50_us": p50, "ratio_p50_vs_numpy": np_p50 / p50})
+    print("sweep leaves_to_search, re-ordered -> recall@10 / p50 us / ratio: " + "; ".join(
+        f"{w['leaves_to_search']}, {w['pre_reorder']} -> {w['recall_at_10']:.3f} / {w['p50_us']:.1f} / "
+        f"{w['ratio_p50_vs_numpy']:.0f}x" for w in sweep), flush=True)
 
     r = {
         "items": n, "dim": dim, "clusters": clusters, "queries": n_queries, "k_serve": k_serve,
