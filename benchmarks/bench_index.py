@@ -220,14 +220,14 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     np_p50 = lat["numpy_brute_force"]["p50"]
     leaves = params["num_leaves"]
     sweep = []
-    depths = sorted({d for d in (2 * K, pre_k) if d})  # the shipped depth, and a shallower one (cheaper, coarser)
+    depths = sorted({d for d in (pre_k, 2 * K) if d})  # the shipped re-ordering depth and 20 (once if equal)
     for lts in sorted({max(1, round(leaves * f)) for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)}
                       | {params["num_leaves_to_search"], query_leaves(params, K) or params["num_leaves_to_search"]}):
-        for depth in depths or [None]:
-            kw = {"pre_reorder_num_neighbors": depth} if depth else {}
+        for depth in depths:
             ts, g = [], []
             for q in queries:
-                t = pc(); idx, _ = searcher.search(q, final_num_neighbors=K, leaves_to_search=lts, **kw)
+                t = pc(); idx, _ = searcher.search(q, final_num_neighbors=K, leaves_to_search=lts,
+                                                 pre_reorder_num_neighbors=depth)
                 ts.append(pc() - t)
                 g.append(idx)
             p50 = float(np.percentile(ts, 50)) * 1e6

@@ -35,22 +35,34 @@ def _stamp(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _cumulative_distinct(df: pd.DataFrame, key: str, value: str) -> pd.DataFrame:
-    """Per (key, snapshot) the number of distinct `value`s seen up to that snapshot."""
-    first = df.groupby([key, value], observed=True)["valid_from"].min().reset_index()
-    per_day = first.groupby([key, "valid_from"]).size().rename("new").reset_index()
-    per_day["cum"] = per_day.groupby(key)["new"].cumsum()
+def _cumulative_distinct(df: pd.DataFrame, key: str, value: str, times: int = 1) -> pd.DataFrame:
+    """Per (key, snapshot) the number of distinct `value`s seen on at least `times` distinct snapshots so far
+    (times=1: every distinct value; 2: the customers who came back on another day)."""
+    if times == 1:
+        nth = df.groupby([key, value], observed=True)["valid_from"].min().reset_index()
+    else:
+        days = df[[key, value, "valid_from"]].drop_duplicates().sort_values([key, value, "valid_from"])
+        nth = days[days.groupby([key, value], observed=True).cumcount() == times - 1]
+    per_day = nth.groupby([key, "valid_from"], observed=True).size().rename("new").reset_index()
+    per_day["cum"] = per_day.groupby(key, observed=True)["new"].cumsum()
     return per_day[[key, "valid_from", "cum"]]
 
 
-def _running_sales(p: pd.DataFrame, key: str, count: str, revenue: str, distinct: dict[str, str]) -> pd.DataFrame:
+def _smoothed_rate(hits: pd.Series, trials: pd.Series, prior_trials: float, prior_rate: float) -> pd.Series:
+    """hits / trials with a beta prior worth `prior_trials` trials at `prior_rate` (no trials: the prior)."""
+    return ((hits + prior_trials * prior_rate) / (trials + prior_trials)).astype("float64")
+
+
+def _running_sales(p: pd.DataFrame, key: str, count: str, revenue: str,
+                   distinct: dict[str, str | tuple[str, int]]) -> pd.DataFrame:
     """Per `key` and day with purchases: running purchase lines, revenue and distinct counts.
 
     Args:
         p: purchase events.
         key: entity column.
         count, revenue: output names of the running line count and revenue.
-        distinct: output name -> column whose distinct non-null values are counted.
+        distinct: output name -> column whose distinct non-null values are counted, or (column, times):
+            those seen on at least `times` distinct days.
 
     Returns:
         key, valid_from (the next midnight), the outputs and `_days` (days with purchases so far).
@@ -62,8 +74,9 @@ def _running_sales(p: pd.DataFrame, key: str, count: str, revenue: str, distinct
     daily[count] = g["_lines"].cumsum().astype("int64")
     daily[revenue] = g["_rev"].cumsum().astype("float64")
     daily["_days"] = (g.cumcount() + 1).astype("int64")
-    for col, value in distinct.items():
-        cum = _cumulative_distinct(p[p[value].notna()], key, value).rename(columns={"cum": col})
+    for col, spec in distinct.items():
+        value, times = spec if isinstance(spec, tuple) else (spec, 1)
+        cum = _cumulative_distinct(p[p[value].notna()], key, value, times).rename(columns={"cum": col})
         daily = daily.merge(cum, on=[key, "valid_from"], how="left")
         daily[col] = daily.groupby(key)[col].ffill().fillna(0).astype("int64")
     return daily
@@ -95,19 +108,6 @@ def user_purchase_stats(events: pd.DataFrame) -> pd.DataFrame:
 REPEAT_PRIOR_BUYERS, REPEAT_PRIOR_RATE = 5.0, 0.1
 
 
-def _repeat_buyers(p: pd.DataFrame) -> pd.DataFrame:
-    """Per item and snapshot: customers who have bought the item on two or more days so far.
-
-    A customer counts from the snapshot after their second purchase day of the item (a day with
-    sales of the item, so a row of the item's daily table)."""
-    days = (p[p[n.USER_ID].notna()].assign(valid_from=lambda d: _day_end(d[n.EVENT_TIMESTAMP]))
-            .drop_duplicates([n.ITEM_ID, n.USER_ID, "valid_from"]).sort_values([n.ITEM_ID, n.USER_ID, "valid_from"]))
-    second = days[days.groupby([n.ITEM_ID, n.USER_ID], observed=True).cumcount() == 1]
-    per_day = second.groupby([n.ITEM_ID, "valid_from"]).size().rename("_new").reset_index()
-    per_day["_repeat"] = per_day.groupby(n.ITEM_ID)["_new"].cumsum()
-    return per_day[[n.ITEM_ID, "valid_from", "_repeat"]]
-
-
 def item_purchase_stats(events: pd.DataFrame, prior_buyers: float = REPEAT_PRIOR_BUYERS,
                         prior_rate: float = REPEAT_PRIOR_RATE) -> pd.DataFrame:
     """Cumulative sales per item (guest purchases included), one row per day with sales.
@@ -129,11 +129,10 @@ def item_purchase_stats(events: pd.DataFrame, prior_buyers: float = REPEAT_PRIOR
     cols = [n.ITEM_ID, n.EVENT_TIMESTAMP, n.CREATED_TIMESTAMP, *n.ITEM_FEATURES]
     if p.empty:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in cols})
-    daily = _running_sales(p, n.ITEM_ID, n.ITEM_PURCHASE_COUNT, n.ITEM_REVENUE, {n.ITEM_BUYER_COUNT: n.USER_ID})
-    daily = daily.merge(_repeat_buyers(p), on=[n.ITEM_ID, "valid_from"], how="left")
-    repeat = daily.groupby(n.ITEM_ID)["_repeat"].ffill().fillna(0)
-    daily[n.ITEM_REPEAT_RATE] = ((repeat + prior_buyers * prior_rate)
-                                 / (daily[n.ITEM_BUYER_COUNT] + prior_buyers)).astype("float64")
+    # a customer's second buying day of the item is a day with its sales: a row of `daily`
+    daily = _running_sales(p, n.ITEM_ID, n.ITEM_PURCHASE_COUNT, n.ITEM_REVENUE,
+                           {n.ITEM_BUYER_COUNT: n.USER_ID, "_repeat": (n.USER_ID, 2)})
+    daily[n.ITEM_REPEAT_RATE] = _smoothed_rate(daily["_repeat"], daily[n.ITEM_BUYER_COUNT], prior_buyers, prior_rate)
     daily = daily.rename(columns={"valid_from": n.EVENT_TIMESTAMP})
     return _stamp(daily)[cols].reset_index(drop=True)
 
@@ -292,8 +291,8 @@ def item_activity_windows(events: pd.DataFrame, prior_views: float = CONVERSION_
     out = windowed_sums(daily, [n.ITEM_ID], ["purchases", "carts", "views"], n.WINDOWS_ITEM, rename)
     for c in rename.values():
         out[c] = out[c].round().astype("int64")
-    out["item_conversion_30d"] = ((out["item_purchases_30d"] + prior_views * prior_rate)
-                                  / (out["item_views_30d"] + prior_views)).astype("float64")
+    out["item_conversion_30d"] = _smoothed_rate(out["item_purchases_30d"], out["item_views_30d"], prior_views,
+                                                prior_rate)
     return out[cols]
 
 

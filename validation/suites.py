@@ -24,6 +24,8 @@ from feature_repo import names as n
 COUNT_FEATURES = (n.USER_PURCHASE_COUNT, n.USER_ORDER_COUNT, n.USER_DISTINCT_ITEMS, n.USER_DAYS_ACTIVE,
                   n.ITEM_PURCHASE_COUNT, n.ITEM_BUYER_COUNT)
 MONEY_FEATURES = (n.USER_REVENUE, n.USER_AVG_ORDER_VALUE, n.ITEM_REVENUE, n.PRICE)
+#: shares: between 0 and 1
+RATE_FEATURES = (n.ITEM_REPEAT_RATE,)
 
 
 def ephemeral_context():
@@ -199,7 +201,8 @@ def feature_table_suite(table: str, *, min_rows: int = 1) -> gx.ExpectationSuite
         suite.add_expectation(e.ExpectColumnToExist(column=col))
         suite.add_expectation(e.ExpectColumnValuesToNotBeNull(column=col))
     for col in non_negative:
-        suite.add_expectation(e.ExpectColumnValuesToBeBetween(column=col, min_value=0))
+        suite.add_expectation(e.ExpectColumnValuesToBeBetween(column=col, min_value=0,
+                                                              max_value=1 if col in RATE_FEATURES else None))
     return suite
 
 

@@ -79,10 +79,10 @@ event_rows = st.lists(st.tuples(st.sampled_from(USERS), st.sampled_from(ITEMS), 
                       min_size=1, max_size=40)
 entity_rows = st.lists(st.tuples(st.sampled_from(USERS + ["nobody"]), st.sampled_from(ITEMS),
                                  st.integers(0, 45 * 24 * 60), st.integers(0, 2)), min_size=1, max_size=25)
-# one backfill per (user, day): two rows with the same entity, event and created time have no defined winner
-# (Feast's join does not say which it keeps), so the oracle could not tell which value is right
+# no two identical backfills: rows with the same entity, event and created time have no defined winner (Feast's
+# join does not say which it keeps), so the oracle could not tell which value is right
 backfills = st.lists(st.tuples(st.sampled_from(USERS), st.integers(0, 40), st.integers(1, 10)), max_size=6,
-                     unique_by=lambda b: (b[0], b[1]))
+                     unique_by=lambda b: b)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -158,6 +158,29 @@ def test_snapshot_never_contains_its_own_day():
     assert list(t[n.USER_DISTINCT_ITEMS]) == [2, 2]
     assert np.allclose(t[n.USER_REVENUE], [4.0, 8.0])
     assert (t[n.CREATED_TIMESTAMP] == t[n.EVENT_TIMESTAMP]).all()
+
+
+def test_repeat_rate_counts_customers_back_on_another_day():
+    # A: u1 twice on 03-01 (one day), again on 03-03 and 03-04; u2 on 03-03 and 03-05; a guest on 03-02 and 03-04.
+    # B: only a guest buys, twice on two days.
+    rows = [("u1", "A", 60, 1, "purchase", 0), ("u1", "A", 120, 1, "purchase", 0),
+            (None, "A", 24 * 60 + 5, 1, "purchase", 1), ("u1", "A", 2 * 24 * 60, 1, "purchase", 2),
+            ("u2", "A", 2 * 24 * 60 + 30, 1, "purchase", 0), ("u1", "A", 3 * 24 * 60, 1, "purchase", 3),
+            (None, "A", 3 * 24 * 60 + 9, 1, "purchase", 4), ("u2", "A", 4 * 24 * 60, 1, "purchase", 1),
+            (None, "B", 60, 1, "purchase", 5), (None, "B", 24 * 60 + 60, 1, "purchase", 6)]
+    events = _events([(u or "guest", *r) for u, *r in rows])
+    events.loc[events[n.USER_ID] == "guest", n.USER_ID] = None  # guest checkouts: no user id
+    t = feature_tables.item_purchase_stats(events)
+    prior, rate = feature_tables.REPEAT_PRIOR_BUYERS, feature_tables.REPEAT_PRIOR_RATE
+    a = t[t[n.ITEM_ID] == "A"]
+    # valid from: 03-02 (u1's first day), 03-03 (a guest only), 03-04 (u1 back, u2 new), 03-05 (u1 a third day,
+    # a guest), 03-06 (u2 back)
+    assert list(a[n.EVENT_TIMESTAMP].dt.strftime("%m-%d")) == ["03-02", "03-03", "03-04", "03-05", "03-06"]
+    assert list(a[n.ITEM_BUYER_COUNT]) == [1, 1, 2, 2, 2]
+    repeat = np.array([0, 0, 1, 1, 2])  # a third day or a second line on one day counts no one twice
+    assert np.allclose(a[n.ITEM_REPEAT_RATE], (repeat + prior * rate) / (a[n.ITEM_BUYER_COUNT] + prior))
+    b = t[t[n.ITEM_ID] == "B"]
+    assert list(b[n.ITEM_BUYER_COUNT]) == [0, 0] and np.allclose(b[n.ITEM_REPEAT_RATE], rate)  # guests: the prior
 
 
 def test_windows_change_where_days_enter_and_leave():
