@@ -66,7 +66,9 @@ Cases:
     item norms, the calibration of benchmarks/bench_index.py) of the demo query
     tower's output size, indexed by `pipelines.build_index.build_searcher` with
     `retrieval.index` of cartwise.yaml (the searcher export ships: tree + AH +
-    re-ordering);
+    re-ordering), its leaves per list length calibrated as export does
+    (`calibrate_on_users`) on the query tower's outputs for up to
+    `calibration_queries` of the demo's buyers, whose requests it then serves;
   - the demo bundle's **real query tower** (TensorFlow SavedModel) and the
     demo's **real Feast online store** for user features: the known users are
     the demo's buyers, each given a synthetic purchase history over the
@@ -399,7 +401,9 @@ def _synthetic_recommender(n_items: int, demo, seed: int, candidates: int, work:
 
     from cartwise.bundle import LoadedBundle
     from feature_repo import names as n
-    from pipelines.build_index import build_searcher
+    from pipelines.build_features import open_store
+    from pipelines.build_index import build_searcher, calibrate_on_users
+    from pipelines.evaluate import embed_users
     from serving.pipeline import Recommender
 
     info: dict = {}
@@ -469,6 +473,15 @@ def _synthetic_recommender(n_items: int, demo, seed: int, candidates: int, work:
     t = time.perf_counter()
     searcher, params = build_searcher(emb, config.retrieval.index, k=config.retrieval.k)
     info["index_build_s"] = time.perf_counter() - t
+    # calibrated as export calibrates it (`leaves_by_k`), on the real query tower's outputs for the demo's
+    # buyers: the queries these requests send
+    t = time.perf_counter()
+    store = open_store(Path(demo.bundle.manifest["feature_store"]))
+    cal_users = [str(u) for u in rng.permutation(users)[:config.retrieval.index.calibration_queries]]
+    params = calibrate_on_users(searcher, emb, params, cal_users,
+                                lambda some: embed_users(demo.bundle.embed_query, store, some, as_of, dim)[1],
+                                config.retrieval.k, config.retrieval.index, "bench_serving", lambda m: None)
+    info["index_calibrate_s"] = time.perf_counter() - t
     manifest = {"version": f"synthetic-{n_items}", "as_of": as_of.isoformat(), "query_inputs": q,
                 "index": {**params}, "feature_store": demo.bundle.manifest["feature_store"],
                 "feature_services": demo.bundle.manifest["feature_services"]}
