@@ -477,7 +477,9 @@ def _synthetic_recommender(n_items: int, demo, seed: int, candidates: int, work:
     # buyers: the queries these requests send
     t = time.perf_counter()
     store = open_store(Path(demo.bundle.manifest["feature_store"]))
-    cal_users = [str(u) for u in rng.permutation(users)[:config.retrieval.index.calibration_queries]]
+    # their own generator: the catalog and ranking state drawn from `rng` stay those of earlier runs
+    cal_rng = np.random.default_rng([seed, n_items, 1])
+    cal_users = [str(u) for u in cal_rng.permutation(users)[:config.retrieval.index.calibration_queries]]
     params = calibrate_on_users(searcher, emb, params, cal_users,
                                 lambda some: embed_users(demo.bundle.embed_query, store, some, as_of, dim)[1],
                                 config.retrieval.k, config.retrieval.index, "bench_serving", lambda m: None)
