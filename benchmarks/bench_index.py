@@ -14,18 +14,22 @@ a trained candidate tower's) and queries drawn from the same mixture:
    + AH + re-ordering), and the same function in its brute-force mode (ScaNN
    `score_brute_force`, what it builds below `brute_force_below` items).
    The shipped searcher (and every `--variant`) is calibrated as export
-   calibrates it (`pipelines.build_index.calibrate_leaves`, to
-   `target_recall`), on `calibration_queries` queries drawn from the mixture
-   apart from the timed ones.
+   calibrates it (`pipelines.build_index.calibrate_leaves`: leaves and
+   re-ordering depth per list length, to `target_recall`), on
+   `calibration_queries` queries drawn from the mixture apart from the timed
+   ones. `leaves_only`: the same searcher calibrated for its leaves alone at
+   the configured re-ordering depth (as before the depth was calibrated
+   too), timed beside it in the same loop.
 2. Recall@10 (and @retrieval.k, what serving asks for at most) of
    `searcher.search`, one query at a time, against exact top-k from NumPy
    (float32 matmul + argpartition). Each query re-orders and searches what
    serving would for that many neighbours (`cartwise.bundle.search_kwargs`:
-   re-ordering 50 candidates for 10, 200 for 200 by default; the calibrated
-   leaves).
+   the calibrated leaves and re-ordering depth, at most 50 candidates for 10
+   and 200 for 200 by default).
 3. Single-query latency p50 / p99 in microseconds, one query at a time as
-   serving calls it, interleaved in blocks of 50 queries so every method sees
-   the same machine load: the shipped searcher (k=10 and k=retrieval.k), NumPy
+   serving calls it, interleaved in blocks of 50 queries (in a random order
+   per block) so every method sees the same machine load and the same
+   predecessors: the shipped searcher (k=10 and k=retrieval.k), NumPy
    brute force (matvec + argpartition + sort of the top k) and the
    brute-force searcher. The ratio is NumPy p50 / shipped p50 (also against
    the brute-force searcher). Goal: recall@10 >= 0.95 at >= 50x.
@@ -36,8 +40,8 @@ a trained candidate tower's) and queries drawn from the same mixture:
    `numpy_brute_force_alone`): the cache state interleaving takes away; not
    the ratio's baseline.
 6. A sweep of `leaves_to_search` on the same shipped searcher, each with the
-   shipped re-ordering depth and with 20 (recall@10 and p50 per setting; not
-   interleaved, so its ratios are rougher).
+   calibrated re-ordering depth for 10 and with 20 (recall@10 and p50 per
+   setting; not interleaved, so its ratios are rougher).
 
 The mixture's defaults are calibrated on the demo's trained candidate tower
 (3,648 items x 32): its log item norms have std 0.37 (`--norm-sigma 0.37`);
@@ -156,6 +160,7 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     t = time.perf_counter()
     searcher, params = build_searcher(emb, index_cfg, k=k_serve)
     build_s = time.perf_counter() - t
+    params_built = params
     t = time.perf_counter()
     params = calibrate_leaves(searcher, emb, calibration, params, k_serve, index_cfg.target_recall)
     calibrate_s = time.perf_counter() - t
@@ -164,8 +169,15 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     bf_searcher, bf_params = build_searcher(emb, bf_cfg, k=k_serve)
     bf_build_s = time.perf_counter() - t
     assert params["type"] == "tree_ah" and bf_params["type"] == "brute_force", (params, bf_params)
-    others = {}  # --variant: other index settings, timed in the same interleaved loop
+    # the same searcher calibrated for its leaves alone at the configured depth (as before depths were calibrated):
+    # timed in the same loop, so the gain of calibrating the depth too is measured on one tree (a tree differs
+    # per build)
+    others = {"leaves_only": (searcher, calibrate_leaves(searcher, emb, calibration, params_built, k_serve,
+                                                         index_cfg.target_recall, shallower=()))}
+    # --variant: other index settings, timed in the same interleaved loop
     for name, update in (variants or {}).items():
+        if name in others:
+            raise SystemExit(f"--variant {name}: the name of the built-in comparison; pick another")
         # validated like cartwise.yaml's section: a misspelt key fails instead of timing the shipped settings
         vcfg = IndexConfig.model_validate({**index_cfg.model_dump(), **update})
         vs, vp = build_searcher(emb, vcfg, k=k_serve)
@@ -199,16 +211,28 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     got = {m: [None] * n_queries for m in methods}
     times = {m: [0.0] * n_queries for m in methods}
     names = list(methods)
-    # Interleaved in blocks of BLOCK queries, the order rotating per block: every method sees the
-    # same machine load, and none runs with its cache just flushed by a brute-force pass over the
-    # whole matrix (per-query interleaving doubled ScaNN's p50 at 1M). p99 includes block starts.
-    for b, lo in enumerate(range(0, n_queries, BLOCK)):
-        for m in names[b % len(names):] + names[:b % len(names)]:
+    # Interleaved in blocks of BLOCK queries, in a new random order every block: every method sees the
+    # same machine load and, on average, the same predecessors (a fixed rotation always ran the shipped search
+    # after the same method: after the brute-force searcher's pass over the whole matrix it started cold, after
+    # another search of the same index warm, 20% apart at identical settings). Blocks rather than single
+    # queries: per-query interleaving doubled ScaNN's p50 at 1M. p99 includes block starts.
+    # Each method's blocks that ran right after a brute-force pass over a whole matrix (NumPy's or the
+    # brute-force searcher's) are also kept apart: the coldest cache state, the rotation's for the shipped search.
+    order = np.random.default_rng([seed, n, dim, 2])
+    passes = {"numpy_brute_force", "scann_brute_force"}
+    cold = {m: [] for m in names}
+    prev = None
+    for lo in range(0, n_queries, BLOCK):
+        for m in order.permutation(names).tolist():
             f, g, ts = methods[m], got[m], times[m]
             for i in range(lo, min(lo + BLOCK, n_queries)):
                 t = pc(); g[i] = f(queries[i]); ts[i] = pc() - t
+            if prev in passes:
+                cold[m].extend(ts[lo:min(lo + BLOCK, n_queries)])
+            prev = m
 
     lat = {m: pct_us(times[m]) for m in names}
+    lat_cold = {m: {**pct_us(v), "n": len(v)} for m, v in cold.items() if v}
     # NumPy alone, query after query: its 4 x items x dim byte matrix stays in the caches as far as they hold it
     # (100k x 64-d is 25.6 MB), the state interleaving with the other methods takes away
     alone = []
@@ -229,7 +253,7 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     np_p50 = lat["numpy_brute_force"]["p50"]
     leaves = params["num_leaves"]
     sweep = []
-    depths = sorted({d for d in (pre_k, 2 * K) if d})  # the shipped re-ordering depth and 20 (once if equal)
+    depths = sorted({d for d in (pre_k, 2 * K) if d})  # the calibrated re-ordering depth for 10 and 20 (once if equal)
     for lts in sorted({max(1, round(leaves * f)) for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)}
                       | {params["num_leaves_to_search"], query_leaves(params, K) or params["num_leaves_to_search"]}):
         for depth in depths:
@@ -258,6 +282,9 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
         "ratio_p50_vs_numpy": lat["numpy_brute_force"]["p50"] / lat["scann"]["p50"],
         "ratio_p99_vs_numpy": lat["numpy_brute_force"]["p99"] / lat["scann"]["p99"],
         "ratio_p50_vs_scann_brute_force": lat["scann_brute_force"]["p50"] / lat["scann"]["p50"],
+        "latency_after_brute_force_pass_us": lat_cold,
+        "ratio_p50_after_brute_force_pass_vs_numpy": (lat["numpy_brute_force"]["p50"] / lat_cold["scann"]["p50"]
+                                                      if "scann" in lat_cold else None),
         "throughput_qps": qps,
         "throughput_ratio_1thread_vs_numpy": qps["scann_batched_1thread"] / qps["numpy_batched"],
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
@@ -271,6 +298,7 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
              f"recall_at_{k_serve}": recall(got[f"{name}@{k_serve}"], exact, k_serve),
              "latency_us": lat[f"{name}@{K}"], f"latency_us_k{k_serve}": lat[f"{name}@{k_serve}"]}
         v["ratio_p50_vs_numpy"] = lat["numpy_brute_force"]["p50"] / v["latency_us"]["p50"]
+        v["latency_after_brute_force_pass_us"] = lat_cold.get(f"{name}@{K}")
         v["goal_met"] = v["recall_at_10"] >= 0.95 and v["ratio_p50_vs_numpy"] >= 50
         r["variants"][name] = v
         print(f"  variant {name} ({leaves_text(vp, k_serve)} leaves): recall@10 "
@@ -281,20 +309,24 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
           f"p50 {lat['scann']['p50']:.0f} us vs numpy {lat['numpy_brute_force']['p50']:.0f} us "
           f"({r['ratio_p50_vs_numpy']:.0f}x), vs ScaNN brute force {lat['scann_brute_force']['p50']:.0f} us "
           f"({r['ratio_p50_vs_scann_brute_force']:.0f}x); numpy alone (not interleaved) "
-          f"{lat['numpy_brute_force_alone']['p50']:.0f} us", flush=True)
+          f"{lat['numpy_brute_force_alone']['p50']:.0f} us; right after a brute-force pass "
+          + (f"{lat_cold['scann']['p50']:.0f} us ({r['ratio_p50_after_brute_force_pass_vs_numpy']:.0f}x, "
+             f"{lat_cold['scann']['n']} queries)" if "scann" in lat_cold else "never"), flush=True)
     del searcher, bf_searcher, emb, others
     return r
 
 
 def leaves_text(params: dict, k_serve: int) -> str:
-    """Leaves a query for 10 and for `k_serve` neighbours searches, of all leaves: "16, 50 / 316"."""
+    """Leaves a query for 10 and for `k_serve` neighbours searches x candidates it re-orders, of all leaves:
+    "16 x 30, 50 x 200 / 316"."""
     most = params["num_leaves_to_search"]
-    return f"{query_leaves(params, K) or most}, {query_leaves(params, k_serve) or most} / {params['num_leaves']}"
+    return (f"{query_leaves(params, K) or most} x {query_reorder(params, K)}, "
+            f"{query_leaves(params, k_serve) or most} x {query_reorder(params, k_serve)} / {params['num_leaves']}")
 
 
 def table(results: list[dict]) -> str:
     ks = results[0]["k_serve"]
-    cols = ["items", "dim", f"leaves searched k=10, {ks} / all", "build s", "recall@10", f"recall@{ks}", "ScaNN p50 / p99 µs",
+    cols = ["items", "dim", f"leaves x re-ordered k=10, {ks} / all leaves", "build s", "recall@10", f"recall@{ks}", "ScaNN p50 / p99 µs",
             f"ScaNN k={ks} p50 µs", "NumPy BF p50 / p99 µs", "ScaNN BF p50 / p99 µs",
             "ratio p50 vs NumPy / ScaNN BF",
             "batched q/s: ScaNN 1 thread / NumPy 1 thread (ratio) / ScaNN all cores", "goal"]
@@ -313,18 +345,21 @@ def table(results: list[dict]) -> str:
                "met" if r["goal_met"] else "NOT met"]
         lines.append("| " + " | ".join(row) + " |")
     if any(r.get("variants") for r in results):
-        lines += ["", f"| items | dim | settings | leaves searched k=10, {ks} / all | recall@10 | p50 µs | ratio p50 vs NumPy | "
-                      f"recall@{ks} | k={ks} p50 µs | goal |", "|" + "---:|" * 10]
+        lines += ["", f"| items | dim | settings | leaves x re-ordered k=10, {ks} / all leaves | recall@10 | p50 µs | ratio p50 vs NumPy | "
+                      f"after a brute-force pass: p50 µs (ratio) | recall@{ks} | k={ks} p50 µs | goal |", "|" + "---:|" * 11]
         for r in results:
             p = r["params"]
+            np_p50 = r["latency_us"]["numpy_brute_force"]["p50"]
             rows = [("shipped", p, r["recall_at_10"], r["latency_us"]["scann"]["p50"], r["ratio_p50_vs_numpy"],
-                     r[f"recall_at_{ks}"], r["latency_us"][f"scann_k{ks}"]["p50"], r["goal_met"])]
+                     r["latency_after_brute_force_pass_us"].get("scann"), r[f"recall_at_{ks}"],
+                     r["latency_us"][f"scann_k{ks}"]["p50"], r["goal_met"])]
             rows += [(name, v["params"], v["recall_at_10"], v["latency_us"]["p50"], v["ratio_p50_vs_numpy"],
-                      v[f"recall_at_{ks}"], v[f"latency_us_k{ks}"]["p50"], v["goal_met"])
-                     for name, v in r.get("variants", {}).items()]
-            for name, vp, r10, p50, ratio, rk, pk, met in rows:
-                lines.append(f"| {r['items']:,} | {r['dim']} | {name} | {leaves_text(vp, ks)} | {r10:.4f} | {p50:.0f} | {ratio:.0f}x | {rk:.4f} | {pk:.0f} | "
-                             f"{'met' if met else 'NOT met'} |")
+                      v["latency_after_brute_force_pass_us"], v[f"recall_at_{ks}"], v[f"latency_us_k{ks}"]["p50"],
+                      v["goal_met"]) for name, v in r.get("variants", {}).items()]
+            for name, vp, r10, p50, ratio, cold, rk, pk, met in rows:
+                after = f"{cold['p50']:.0f} ({np_p50 / cold['p50']:.0f}x)" if cold else "-"
+                lines.append(f"| {r['items']:,} | {r['dim']} | {name} | {leaves_text(vp, ks)} | {r10:.4f} | {p50:.0f} | {ratio:.0f}x | {after} | "
+                             f"{rk:.4f} | {pk:.0f} | {'met' if met else 'NOT met'} |")
     return "\n".join(lines)
 
 

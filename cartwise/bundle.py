@@ -450,10 +450,16 @@ def query_reorder(index: Mapping[str, Any] | None, k: int) -> int | None:
         k: neighbours asked for.
 
     Returns:
-        :func:`reorder_depth` for a tree + AH index; None for an exact (brute-force) one or none.
+        The calibrated depth (`reorder_by_k`, :func:`pipelines.build_index.calibrate_leaves`) of the smallest
+        calibrated neighbour count >= k, never fewer than k; past the largest calibrated count, and for an index
+        calibrated before depths were (a bundle with `leaves_by_k` only) or not at all, :func:`reorder_depth` of
+        its settings; None for an exact (brute-force) index or none.
     """
     if not index or index.get("type") != "tree_ah":
         return None
+    calibrated = _calibrated_for(index, "reorder_by_k", k)
+    if calibrated is not None:
+        return max(int(k), calibrated)
     return reorder_depth(k, index["reorder"], index.get("reorder_per_neighbor"))
 
 
@@ -461,13 +467,19 @@ def query_leaves(index: Mapping[str, Any] | None, k: int) -> int | None:
     """`leaves_to_search` for a query of `k` neighbours on the index that `index` describes.
 
     The calibrated leaves (`leaves_by_k`, :func:`pipelines.build_index.calibrate_leaves`) of the smallest
-    calibrated neighbour count >= k: a longer list needs at least as many leaves. None (the searcher's own
-    `num_leaves_to_search`) past the largest calibrated count, for an uncalibrated index (a bundle exported
-    before calibration, `target_recall: null`) and for an exact one.
+    calibrated neighbour count >= k (calibrated together with that count's re-ordering depth,
+    :func:`query_reorder`). None (the searcher's own `num_leaves_to_search`) past the largest calibrated count,
+    for an uncalibrated index (a bundle exported before calibration, `target_recall: null`) and for an exact one.
     """
-    if not index or index.get("type") != "tree_ah" or not index.get("leaves_by_k"):
+    if not index or index.get("type") != "tree_ah":
         return None
-    fits = [(int(c), int(leaves)) for c, leaves in index["leaves_by_k"].items() if int(c) >= k]
+    return _calibrated_for(index, "leaves_by_k", k)
+
+
+def _calibrated_for(index: Mapping[str, Any], key: str, k: int) -> int | None:
+    """`index[key]`'s value ({str(count): value}) at the smallest calibrated count >= k; None past the largest
+    count or without the table."""
+    fits = [(int(c), int(v)) for c, v in (index.get(key) or {}).items() if int(c) >= k]
     return min(fits)[1] if fits else None
 
 

@@ -150,13 +150,16 @@ class IndexConfig(_Section):
     for up to `calibration_queries` buyers (export: the most active after its
     200 golden users; evaluation: training buyers who are not test users):
     for list lengths 10, 20, 40, ... up to `retrieval.k` (evaluation: up to
-    the length of its lists), the fewest leaves
-    whose recall@k against brute force on them reached `target_recall` with
-    two standard errors to spare, never fewer than a shorter list's and the
-    most where the target is not reached (`leaves_by_k` in the manifest,
+    the length of its lists) and re-ordering depths of 2, 3 and
+    `reorder_per_neighbor` candidates per neighbour (never more than the
+    configured depth), the fewest leaves whose recall@k against brute force
+    on them reached `target_recall` with two standard errors to spare; of
+    those settings the cheapest (`pipelines.build_index.search_cost`) is
+    kept, and the configured search where even it falls short (`leaves_by_k`
+    and `reorder_by_k` in the manifest,
     `pipelines.build_index.calibrate_leaves`). A query for k neighbours
-    searches the leaves of the next calibrated length (the most past
-    `retrieval.k`). Fewer than 50 such buyers, or `target_recall: null`: every
+    searches the leaves and re-orders the candidates of the next calibrated
+    length (past `retrieval.k`: the most leaves, `reorder_depth`). Fewer than 50 such buyers, or `target_recall: null`: every
     query searches the most. Export fails when the
     index's recall@10 against brute force on golden queries is below
     `min_recall`.

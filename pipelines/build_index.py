@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
-from cartwise.bundle import exact_top_k, search_kwargs
+from cartwise.bundle import exact_top_k, reorder_depth, search_kwargs
 from cartwise.config import MIN_CALIBRATION_QUERIES, IndexConfig
 from pipelines.progress import Log, step
 
@@ -25,12 +25,13 @@ def build_searcher(embeddings: np.ndarray, cfg: IndexConfig, k: int = 10):
     a second leaf, SOAR: Sun et al., NeurIPS 2023), asymmetric hashing
     (`dims_per_block`, default :func:`default_dims_per_block`) and exact
     re-ordering. Unless configured, a query searches at most
-    `default_leaves_to_search(leaves)` leaves; :func:`calibrate_leaves` then
-    lowers that per number of neighbours asked for. Every caller passes
+    `default_leaves_to_search(leaves)` leaves and re-orders `cfg.reorder_per_neighbor`
+    candidates per neighbour; :func:`calibrate_leaves` then lowers both per
+    number of neighbours asked for. Every caller passes
     `**cartwise.bundle.search_kwargs(params, k)` per query (serving's
     two-tower source, evaluation, the export's recall gate and the bundle's
     golden replay, the benchmarks; calibration and the benchmark's sweep
-    override its `leaves_to_search`); the searcher's own defaults are
+    pass leaves and depths of their own); the searcher's own defaults are
     `cfg.reorder` and the most leaves.
 
     Args:
@@ -131,22 +132,53 @@ def recall_lower_bound(recalls: np.ndarray) -> float:
     return float(r.mean() - CALIBRATION_STANDARD_ERRORS * spread)
 
 
+#: candidates re-ordered per neighbour that calibration tries besides the configured depth (`reorder_per_neighbor`)
+SHALLOWER_PER_NEIGHBOR = (2, 3)
+
+#: hashed points one re-ordered candidate costs as much as (:func:`search_cost`). Measured with
+#: benchmarks/bench_index.py's mixture on this 2-core machine (2026-11-28, one query at a time, p50 at 8 and 24
+#: leaves x 20 and 80 candidates): a leaf's hashed points 0.48-0.75 ns each, a re-ordered candidate 81-93 ns
+#: (reading its float row is a cache miss at any width): 131 points at 100k x 64-d, 113 at 100k x 32-d, 194 at
+#: 1M x 64-d.
+REORDER_COST_IN_HASHED_POINTS = 150
+
+
+def search_cost(params: dict, leaves: int, depth: int) -> float:
+    """Relative cost of one query that searches `leaves` leaves and re-orders `depth` candidates, in hashed points.
+
+    The hashed points of those leaves (items per leaf, twice with SOAR) plus :data:`REORDER_COST_IN_HASHED_POINTS`
+    per re-ordered candidate. Only ranks settings that all reach the calibration target against each other: a
+    wrong constant costs speed, never recall.
+    """
+    per_leaf = params["items"] * (2 if params.get("soar_lambda") else 1) / params["num_leaves"]
+    return leaves * per_leaf + depth * REORDER_COST_IN_HASHED_POINTS
+
+
+def reorder_ladder(params: dict, k: int, shallower: tuple[int, ...] = SHALLOWER_PER_NEIGHBOR) -> list[int]:
+    """Re-ordering depths :func:`calibrate_leaves` tries for `k` neighbours, shallowest first: the configured
+    one (`cartwise.bundle.reorder_depth`) and `shallower` x k below it (never fewer than k)."""
+    configured = reorder_depth(k, params["reorder"], params.get("reorder_per_neighbor"))
+    return sorted({max(k, min(configured, m * k)) for m in shallower} | {configured})
+
+
 def calibrate_leaves(searcher, embeddings: np.ndarray, queries: np.ndarray, params: dict, k_max: int,
-                     target: float | None) -> dict:
-    """The fewest leaves a query for k neighbours must search to reach `target` recall@k, per k.
+                     target: float | None, shallower: tuple[int, ...] = SHALLOWER_PER_NEIGHBOR) -> dict:
+    """The cheapest search (leaves, re-ordering depth) a query for k neighbours needs to reach `target` recall@k,
+    per k.
 
     Where it sits: after :func:`build_searcher`, through :func:`calibrate_on_users` in export (the query
     tower's outputs for the most active buyers after the golden ones, so the export's recall gate stays an
     independent check) and in evaluation (training buyers who are not test users); the benchmarks pass
     queries drawn apart from the ones they time.
 
-    For every k of :func:`calibration_ks` (`k_max`: the most neighbours the caller asks for), searching as a
-    query for k would (`cartwise.bundle.search_kwargs`: its re-ordering depth), the leaves of
-    :func:`leaves_ladder` are tried from the previous k's choice upwards; the first whose
-    :func:`recall_lower_bound` of recall@k against exact inner-product search reaches `target` is kept. A k
-    that does not reach it within `params["num_leaves_to_search"]` (the configured or default most) keeps
-    that most, so calibration only ever lowers the work of a query: it does not buy recall the configured
-    index does not have.
+    For every k of :func:`calibration_ks` (`k_max`: the most neighbours the caller asks for) and every depth
+    of :func:`reorder_ladder` (the configured one and shallower), the leaves of :func:`leaves_ladder` are
+    tried upwards: the first whose :func:`recall_lower_bound` of recall@k against exact inner-product search
+    reaches `target` is that depth's setting. Of those, the one of least :func:`search_cost` is kept (a tie:
+    the shallower depth; leaves that cost more than the best so far are not tried). A k that does not reach
+    the target with the configured search (`params["num_leaves_to_search"]`, the configured or default most
+    leaves, at the configured depth) keeps it, so calibration only ever lowers the work of a query: it does
+    not buy recall the configured index does not have.
 
     Args:
         searcher: the tree + AH searcher over `embeddings`.
@@ -155,11 +187,14 @@ def calibrate_leaves(searcher, embeddings: np.ndarray, queries: np.ndarray, para
         params: the index parameters of :func:`build_searcher`.
         k_max: largest neighbour count calibrated (at most N).
         target: recall@k to reach; None: no calibration.
+        shallower: candidates per neighbour tried below the configured depth (`()`: the leaves alone, at the
+            configured depth, as bundles before 2026-11-28 were calibrated; benchmarks/bench_index.py times both).
 
     Returns:
-        `params` plus `leaves_by_k` ({str(k): leaves}), `target_recall`, `calibration_queries`,
-        `calibrated_recall` and `calibrated_recall_low` ({str(k): mean recall@k and its lower bound at the
-        chosen leaves}); `params` unchanged for an exact index, too few queries or no target.
+        `params` plus `leaves_by_k` and `reorder_by_k` ({str(k): leaves}, {str(k): candidates re-ordered}),
+        `target_recall`, `calibration_queries`, `calibrated_recall` and `calibrated_recall_low` ({str(k): mean
+        recall@k and its lower bound at the chosen setting}); `params` unchanged for an exact index, too few
+        queries or no target.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, embeddings.shape[1])
     if params.get("type") != "tree_ah" or target is None or len(queries) < MIN_CALIBRATION_QUERIES:
@@ -167,18 +202,33 @@ def calibrate_leaves(searcher, embeddings: np.ndarray, queries: np.ndarray, para
     ks = calibration_ks(min(k_max, embeddings.shape[0]))
     exact = exact_top_k(embeddings, queries, ks[-1])
     ladder = leaves_ladder(params["num_leaves_to_search"])
-    leaves_by_k, mean, low, pos = {}, {}, {}, 0
+
+    def recall(k: int, leaves: int, depth: int) -> np.ndarray:
+        got, _ = searcher.search_batched(queries, final_num_neighbors=k, leaves_to_search=leaves,
+                                         pre_reorder_num_neighbors=depth)
+        return recall_per_query(got, exact, k)
+
+    leaves_by_k, reorder_by_k, mean, low = {}, {}, {}, {}
     for k in ks:
-        for pos in range(pos, len(ladder)):
-            got, _ = searcher.search_batched(queries, final_num_neighbors=k,
-                                             **{**search_kwargs(params, k), "leaves_to_search": ladder[pos]})
-            r = recall_per_query(got, exact, k)
-            if recall_lower_bound(r) >= target or pos == len(ladder) - 1:
-                break
-        leaves_by_k[str(k)] = ladder[pos]
+        depths = reorder_ladder(params, k, shallower)
+        # the configured search first: where even it falls short, nothing cheaper is tried
+        r = recall(k, ladder[-1], depths[-1])
+        best = (ladder[-1], depths[-1], r)
+        if recall_lower_bound(r) >= target:
+            best_cost = search_cost(params, ladder[-1], depths[-1])
+            for depth in reversed(depths):  # the configured depth's walk bounds the shallower ones' cost
+                for leaves in ladder:
+                    cost = search_cost(params, leaves, depth)
+                    if cost > best_cost:
+                        break
+                    r = recall(k, leaves, depth) if (leaves, depth) != best[:2] else best[2]
+                    if recall_lower_bound(r) >= target:
+                        best, best_cost = (leaves, depth, r), cost  # equal cost: the later (shallower) depth
+                        break
+        leaves_by_k[str(k)], reorder_by_k[str(k)], r = best
         mean[str(k)], low[str(k)] = round(float(r.mean()), 4), round(recall_lower_bound(r), 4)
-    return {**params, "leaves_by_k": leaves_by_k, "target_recall": target, "calibration_queries": len(queries),
-            "calibrated_recall": mean, "calibrated_recall_low": low}
+    return {**params, "leaves_by_k": leaves_by_k, "reorder_by_k": reorder_by_k, "target_recall": target,
+            "calibration_queries": len(queries), "calibrated_recall": mean, "calibrated_recall_low": low}
 
 
 def calibrate_on_users(searcher, embeddings: np.ndarray, params: dict, users: list[str],
@@ -189,13 +239,14 @@ def calibrate_on_users(searcher, embeddings: np.ndarray, params: dict, users: li
     :data:`MIN_CALIBRATION_QUERIES` users."""
     if params.get("type") != "tree_ah" or cfg.target_recall is None:
         return params
-    with step(stage, f"calibrate leaves searched to recall >= {cfg.target_recall} on {len(users)} users' "
+    with step(stage, f"calibrate the search (leaves, re-ordering) to recall >= {cfg.target_recall} on {len(users)} users' "
                      "queries", log) as s:
         # below the minimum nothing is calibrated: the users' features are not even read
         queries = (embed_users(users) if len(users) >= MIN_CALIBRATION_QUERIES
                    else np.zeros((0, embeddings.shape[1]), np.float32))
         params = calibrate_leaves(searcher, embeddings, queries, params, k_max, cfg.target_recall)
-        s["result"] = (", ".join(f"k={k}: {v}" for k, v in params["leaves_by_k"].items()) + " leaves"
+        s["result"] = (", ".join(f"k={k}: {v} leaves, {params['reorder_by_k'][k]} re-ordered"
+                                 for k, v in params["leaves_by_k"].items())
                        if "leaves_by_k" in params else
                        f"fewer than {MIN_CALIBRATION_QUERIES} queries: {params['num_leaves_to_search']} leaves for all")
     return params

@@ -307,9 +307,14 @@ def refusal(recall: float, min_recall: float, params: dict) -> str:
     """Why export refuses an index whose golden recall@10 is below `min_recall`, and the setting that helps."""
     most = params.get("num_leaves_to_search")
     leaves = b.query_leaves(params, GOLDEN_K) or most
-    if leaves is not None and most is not None and leaves < most:  # calibration cut the search: ask it for more
+    depth = b.query_reorder(params, GOLDEN_K)
+    configured = (b.reorder_depth(GOLDEN_K, params["reorder"], params.get("reorder_per_neighbor"))
+                  if params.get("type") == "tree_ah" else depth)
+    if leaves is not None and most is not None and (leaves < most or depth < configured):
+        # calibration cut the search: ask it for more
         advice = (f"raise retrieval.index.target_recall (the search of {GOLDEN_K} was calibrated down to {leaves} of "
-                  f"at most {most} leaves; null: every query searches the most, {most})")
+                  f"at most {most} leaves and {depth} of {configured} re-ordered candidates; null: every query "
+                  f"searches the most)")
     else:
         advice = "raise retrieval.index.num_leaves_to_search or reorder_per_neighbor"
     return (f"index recall@{GOLDEN_K} {recall:.3f} < retrieval.index.min_recall {min_recall} (searching {leaves} "

@@ -67,7 +67,7 @@ def test_reorder_depth_scales_with_the_neighbours_asked_for():
 
 
 def test_search_kwargs_take_the_calibrated_leaves_of_the_next_calibrated_count():
-    from cartwise.bundle import query_leaves, search_kwargs
+    from cartwise.bundle import query_leaves, query_reorder, search_kwargs
 
     index = {"type": "tree_ah", "reorder": 200, "reorder_per_neighbor": 5, "num_leaves_to_search": 50,
              "leaves_by_k": {"10": 15, "20": 28, "200": 50}}
@@ -78,6 +78,15 @@ def test_search_kwargs_take_the_calibrated_leaves_of_the_next_calibrated_count()
     # an uncalibrated index (target_recall: null, or a bundle exported before calibration) and an exact one
     uncalibrated = {k: v for k, v in index.items() if k != "leaves_by_k"}
     assert search_kwargs(uncalibrated, 10) == {"pre_reorder_num_neighbors": 50}
+    # depths calibrated with the leaves: read from the same count, never fewer candidates than neighbours
+    index["reorder_by_k"] = {"10": 20, "20": 60, "200": 200}
+    assert [search_kwargs(index, k) for k in (5, 15, 150, 300)] == [
+        {"pre_reorder_num_neighbors": 20, "leaves_to_search": 15},
+        {"pre_reorder_num_neighbors": 60, "leaves_to_search": 28},
+        {"pre_reorder_num_neighbors": 200, "leaves_to_search": 50},
+        {"pre_reorder_num_neighbors": 300}]
+    assert query_reorder({**index, "reorder_by_k": {"20": 20}}, 15) == 20
+    assert query_reorder({**index, "reorder_by_k": {"20": 10}}, 15) == 15
     assert search_kwargs({"type": "brute_force", "items": 100}, 10) == {}
     assert search_kwargs(None, 10) == {}
 

@@ -237,8 +237,10 @@ def test_export_and_evaluation_calibrate_a_tree_index_on_other_users_than_the_go
     golden = json.loads((root / b.GOLDEN_DIR / b.GOLDEN_EXPECTED).read_text())
     assert golden["users"] == buyers[:10]  # the calibration users are buyers[10:]: the gate stays independent
     loaded = b.load_bundle(root)  # replays the golden queries with the calibrated search
-    assert loaded.manifest["index"]["leaves_by_k"] == index["leaves_by_k"]
-    assert [idx["leaves_by_k"] for idx, _ in asked] == [index["leaves_by_k"]]
+    assert list(index["reorder_by_k"]) == list(index["leaves_by_k"])
+    for key in ("leaves_by_k", "reorder_by_k"):
+        assert loaded.manifest["index"][key] == index[key]
+        assert [idx[key] for idx, _ in asked] == [index[key]]
     assert index["recall_at_10_vs_brute_force"] >= cfg.retrieval.index.min_recall
 
     metrics = evaluate.run(cfg, log=quiet)
