@@ -14,7 +14,7 @@ a trained candidate tower's) and queries drawn from the same mixture:
    + AH + re-ordering), and the same function in its brute-force mode (ScaNN
    `score_brute_force`, what it builds below `brute_force_below` items).
    The shipped searcher (and every `--variant`) is calibrated as export
-   calibrates it (`pipelines.build_index.calibrate_leaves`: leaves and
+   calibrates it (`pipelines.build_index.calibrate_search`: leaves and
    re-ordering depth per list length, to `target_recall`), on
    `calibration_queries` queries drawn from the mixture apart from the timed
    ones. `leaves_only`: the same searcher calibrated for its leaves alone at
@@ -75,7 +75,7 @@ sys.path.insert(0, str(ROOT))
 
 from cartwise.bundle import exact_top_k, query_leaves, query_reorder, search_kwargs  # noqa: E402
 from cartwise.config import IndexConfig, load_config  # noqa: E402
-from pipelines.build_index import (build_searcher, calibrate_leaves, default_num_leaves,  # noqa: E402
+from pipelines.build_index import (build_searcher, calibrate_search, default_num_leaves,  # noqa: E402
                                    recall_per_query)
 
 K = 10
@@ -162,7 +162,7 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     build_s = time.perf_counter() - t
     params_built = params
     t = time.perf_counter()
-    params = calibrate_leaves(searcher, emb, calibration, params, k_serve, index_cfg.target_recall)
+    params = calibrate_search(searcher, emb, calibration, params, k_serve, index_cfg.target_recall)
     calibrate_s = time.perf_counter() - t
     bf_cfg = index_cfg.model_copy(update={"brute_force_below": n + 1})
     t = time.perf_counter()
@@ -172,7 +172,7 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     # the same searcher calibrated for its leaves alone at the configured depth (as before depths were calibrated):
     # timed in the same loop, so the gain of calibrating the depth too is measured on one tree (a tree differs
     # per build)
-    others = {"leaves_only": (searcher, calibrate_leaves(searcher, emb, calibration, params_built, k_serve,
+    others = {"leaves_only": (searcher, calibrate_search(searcher, emb, calibration, params_built, k_serve,
                                                          index_cfg.target_recall, shallower=()))}
     # --variant: other index settings, timed in the same interleaved loop
     for name, update in (variants or {}).items():
@@ -181,7 +181,7 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
         # validated like cartwise.yaml's section: a misspelt key fails instead of timing the shipped settings
         vcfg = IndexConfig.model_validate({**index_cfg.model_dump(), **update})
         vs, vp = build_searcher(emb, vcfg, k=k_serve)
-        others[name] = vs, calibrate_leaves(vs, emb, calibration, vp, k_serve, vcfg.target_recall)
+        others[name] = vs, calibrate_search(vs, emb, calibration, vp, k_serve, vcfg.target_recall)
         if others[name][1]["type"] != "tree_ah":
             raise SystemExit(f"--variant {name}: builds an exact index at {n:,} items; only tree + AH variants")
     print(f"built: shipped {params} in {build_s:.1f}s (calibrated in {calibrate_s:.1f}s); brute-force searcher in "

@@ -450,7 +450,7 @@ def query_reorder(index: Mapping[str, Any] | None, k: int) -> int | None:
         k: neighbours asked for.
 
     Returns:
-        The calibrated depth (`reorder_by_k`, :func:`pipelines.build_index.calibrate_leaves`) of the smallest
+        The calibrated depth (`reorder_by_k`, :func:`pipelines.build_index.calibrate_search`) of the smallest
         calibrated neighbour count >= k, never fewer than k; past the largest calibrated count, and for an index
         calibrated before depths were (a bundle with `leaves_by_k` only) or not at all, :func:`reorder_depth` of
         its settings; None for an exact (brute-force) index or none.
@@ -466,7 +466,7 @@ def query_reorder(index: Mapping[str, Any] | None, k: int) -> int | None:
 def query_leaves(index: Mapping[str, Any] | None, k: int) -> int | None:
     """`leaves_to_search` for a query of `k` neighbours on the index that `index` describes.
 
-    The calibrated leaves (`leaves_by_k`, :func:`pipelines.build_index.calibrate_leaves`) of the smallest
+    The calibrated leaves (`leaves_by_k`, :func:`pipelines.build_index.calibrate_search`) of the smallest
     calibrated neighbour count >= k (calibrated together with that count's re-ordering depth,
     :func:`query_reorder`). None (the searcher's own `num_leaves_to_search`) past the largest calibrated count,
     for an uncalibrated index (a bundle exported before calibration, `target_recall: null`) and for an exact one.

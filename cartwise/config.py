@@ -129,7 +129,7 @@ class ModelConfig(_Section):
     user_id_dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
-#: fewest calibration queries whose recall is trusted (pipelines.build_index.calibrate_leaves: fewer, no calibration)
+#: fewest calibration queries whose recall is trusted (pipelines.build_index.calibrate_search: fewer, no calibration)
 MIN_CALIBRATION_QUERIES = 50
 
 
@@ -157,7 +157,7 @@ class IndexConfig(_Section):
     those settings the cheapest (`pipelines.build_index.search_cost`) is
     kept, and the configured search where even it falls short (`leaves_by_k`
     and `reorder_by_k` in the manifest,
-    `pipelines.build_index.calibrate_leaves`). A query for k neighbours
+    `pipelines.build_index.calibrate_search`). A query for k neighbours
     searches the leaves and re-orders the candidates of the next calibrated
     length (past `retrieval.k`: the most leaves, `reorder_depth`). Fewer than 50 such buyers, or `target_recall: null`: every
     query searches the most. Export fails when the

@@ -26,7 +26,7 @@ def build_searcher(embeddings: np.ndarray, cfg: IndexConfig, k: int = 10):
     (`dims_per_block`, default :func:`default_dims_per_block`) and exact
     re-ordering. Unless configured, a query searches at most
     `default_leaves_to_search(leaves)` leaves and re-orders `cfg.reorder_per_neighbor`
-    candidates per neighbour; :func:`calibrate_leaves` then lowers both per
+    candidates per neighbour; :func:`calibrate_search` then lowers both per
     number of neighbours asked for. Every caller passes
     `**cartwise.bundle.search_kwargs(params, k)` per query (serving's
     two-tower source, evaluation, the export's recall gate and the bundle's
@@ -95,7 +95,7 @@ def default_leaves_to_search(leaves: int) -> int:
     synthetic ones: on the demo bundle's 200 golden queries (3,648 items, 60
     leaves, SOAR) recall@10 / @60 was 0.99 / 0.97 at 23 leaves but 0.85-0.91
     / 0.78-0.84 at 8 (sqrt(leaves)). This is the most a query searches:
-    :func:`calibrate_leaves` lowers it per list length where real queries
+    :func:`calibrate_search` lowers it per list length where real queries
     reach `target_recall` with fewer. Export refuses an index whose recall on
     its golden queries (real users' queries) is below `min_recall`, saying
     which setting to raise.
@@ -117,7 +117,7 @@ def calibration_ks(k_max: int, first: int = 10) -> list[int]:
 
 
 def leaves_ladder(most: int) -> list[int]:
-    """Leaves counts tried by :func:`calibrate_leaves`: steps of about 25% from 1 up to `most`."""
+    """Leaves counts tried by :func:`calibrate_search`: steps of about 25% from 1 up to `most`."""
     return sorted({min(most, max(1, round(1.25 ** i))) for i in range(64) if 1.25 ** i < most * 1.25} | {most})
 
 
@@ -155,13 +155,13 @@ def search_cost(params: dict, leaves: int, depth: int) -> float:
 
 
 def reorder_ladder(params: dict, k: int, shallower: tuple[int, ...] = SHALLOWER_PER_NEIGHBOR) -> list[int]:
-    """Re-ordering depths :func:`calibrate_leaves` tries for `k` neighbours, shallowest first: the configured
+    """Re-ordering depths :func:`calibrate_search` tries for `k` neighbours, shallowest first: the configured
     one (`cartwise.bundle.reorder_depth`) and `shallower` x k below it (never fewer than k)."""
     configured = reorder_depth(k, params["reorder"], params.get("reorder_per_neighbor"))
     return sorted({max(k, min(configured, m * k)) for m in shallower} | {configured})
 
 
-def calibrate_leaves(searcher, embeddings: np.ndarray, queries: np.ndarray, params: dict, k_max: int,
+def calibrate_search(searcher, embeddings: np.ndarray, queries: np.ndarray, params: dict, k_max: int,
                      target: float | None, shallower: tuple[int, ...] = SHALLOWER_PER_NEIGHBOR) -> dict:
     """The cheapest search (leaves, re-ordering depth) a query for k neighbours needs to reach `target` recall@k,
     per k.
@@ -234,7 +234,7 @@ def calibrate_leaves(searcher, embeddings: np.ndarray, queries: np.ndarray, para
 def calibrate_on_users(searcher, embeddings: np.ndarray, params: dict, users: list[str],
                        embed_users: Callable[[list[str]], np.ndarray], k_max: int, cfg: IndexConfig, stage: str,
                        log: Log) -> dict:
-    """:func:`calibrate_leaves` on the query tower's outputs for `users` (`embed_users(users)` -> [U, D]), logged
+    """:func:`calibrate_search` on the query tower's outputs for `users` (`embed_users(users)` -> [U, D]), logged
     as a step of `stage`; `params` unchanged for an exact index, `target_recall: null` or fewer than
     :data:`MIN_CALIBRATION_QUERIES` users."""
     if params.get("type") != "tree_ah" or cfg.target_recall is None:
@@ -244,7 +244,7 @@ def calibrate_on_users(searcher, embeddings: np.ndarray, params: dict, users: li
         # below the minimum nothing is calibrated: the users' features are not even read
         queries = (embed_users(users) if len(users) >= MIN_CALIBRATION_QUERIES
                    else np.zeros((0, embeddings.shape[1]), np.float32))
-        params = calibrate_leaves(searcher, embeddings, queries, params, k_max, cfg.target_recall)
+        params = calibrate_search(searcher, embeddings, queries, params, k_max, cfg.target_recall)
         s["result"] = (", ".join(f"k={k}: {v} leaves, {params['reorder_by_k'][k]} re-ordered"
                                  for k, v in params["leaves_by_k"].items())
                        if "leaves_by_k" in params else

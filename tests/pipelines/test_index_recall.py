@@ -16,7 +16,7 @@ import pytest
 from cartwise import bundle as b
 from cartwise.config import IndexConfig
 from cartwise.bundle import exact_top_k
-from pipelines.build_index import (MIN_CALIBRATION_QUERIES, build_searcher, calibrate_leaves, calibration_ks,
+from pipelines.build_index import (MIN_CALIBRATION_QUERIES, build_searcher, calibrate_search, calibration_ks,
                                    leaves_ladder, recall_lower_bound, recall_per_query, recall_vs_brute_force,
                                    reorder_ladder, search_cost)
 
@@ -60,7 +60,7 @@ def shipped(data, uncalibrated):
     """The index as export ships it: built, then its leaves searched calibrated to `target_recall`."""
     emb, _, calibration = data
     searcher, params = uncalibrated
-    return searcher, calibrate_leaves(searcher, emb, calibration, params, K_SERVE, IndexConfig().target_recall)
+    return searcher, calibrate_search(searcher, emb, calibration, params, K_SERVE, IndexConfig().target_recall)
 
 
 def test_tree_ah_recall_at_10_vs_brute_force(data, shipped):
@@ -170,7 +170,7 @@ def test_serving_source_searches_what_its_request_needs(data, shipped, manifest_
 
 def cheapest_reaching(searcher, calibration: np.ndarray, truth: np.ndarray, plain: dict, k: int,
                       target: float, shallower: tuple[int, ...] = (2, 3)) -> tuple[int, int]:
-    """The oracle of `calibrate_leaves` for k neighbours, from every ladder setting: (leaves, depth)."""
+    """The oracle of `calibrate_search` for k neighbours, from every ladder setting: (leaves, depth)."""
     ladder, depths = leaves_ladder(plain["num_leaves_to_search"]), reorder_ladder(plain, k, shallower)
 
     def low(leaves, depth):
@@ -207,11 +207,11 @@ def test_calibration_keeps_the_cheapest_search_that_reaches_the_target(data, unc
         _, params = shipped
         target = IndexConfig().target_recall
     elif reorder_cost == "leaves_only":
-        params = calibrate_leaves(searcher, emb, calibration, plain, K_SERVE, target, shallower=())
+        params = calibrate_search(searcher, emb, calibration, plain, K_SERVE, target, shallower=())
     else:
         if reorder_cost is not None:
             monkeypatch.setattr(bi, "REORDER_COST_IN_HASHED_POINTS", reorder_cost)
-        params = calibrate_leaves(searcher, emb, calibration, plain, K_SERVE, target)
+        params = calibrate_search(searcher, emb, calibration, plain, K_SERVE, target)
     shallower = () if reorder_cost == "leaves_only" else (2, 3)
     assert bi.SHALLOWER_PER_NEIGHBOR == (2, 3)
     truth = exact_top_k(emb, calibration, K_SERVE)
@@ -257,15 +257,15 @@ def test_calibration_lowers_the_search_of_a_short_list_and_holds_the_target_on_o
     r = np.array([len(set(g.tolist()) & set(t.tolist())) / 10 for g, t in zip(got, exact_top_k(emb, calibration, 10))])
     assert r.mean() - 2 * r.std(ddof=1) / np.sqrt(len(r)) < target
     # a target the index cannot reach within the most leaves: every count keeps the most
-    unreachable = calibrate_leaves(searcher, emb, calibration, plain, K_SERVE, 1.0)
+    unreachable = calibrate_search(searcher, emb, calibration, plain, K_SERVE, 1.0)
     assert set(unreachable["leaves_by_k"].values()) == {most}
     assert unreachable["reorder_by_k"] == {str(k): b.query_reorder(plain, k) for k in calibration_ks(K_SERVE)}
     # no target, or no queries: the parameters as built (every query searches the most leaves)
-    assert calibrate_leaves(searcher, emb, calibration, plain, K_SERVE, None) == plain
-    assert calibrate_leaves(searcher, emb, calibration[:0], plain, K_SERVE, target) == plain
-    assert calibrate_leaves(searcher, emb, calibration[:MIN_CALIBRATION_QUERIES - 1], plain, K_SERVE, target) == plain
+    assert calibrate_search(searcher, emb, calibration, plain, K_SERVE, None) == plain
+    assert calibrate_search(searcher, emb, calibration[:0], plain, K_SERVE, target) == plain
+    assert calibrate_search(searcher, emb, calibration[:MIN_CALIBRATION_QUERIES - 1], plain, K_SERVE, target) == plain
     # a searcher that may search one leaf: nothing to lower, every count gets it
-    one = calibrate_leaves(searcher, emb, calibration, {**plain, "num_leaves_to_search": 1}, K_SERVE, target)
+    one = calibrate_search(searcher, emb, calibration, {**plain, "num_leaves_to_search": 1}, K_SERVE, target)
     assert set(one["leaves_by_k"].values()) == {1}
 
 
