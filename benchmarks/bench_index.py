@@ -27,9 +27,10 @@ a trained candidate tower's) and queries drawn from the same mixture:
    the calibrated leaves and re-ordering depth, at most 50 candidates for 10
    and 200 for 200 by default).
 3. Single-query latency p50 / p99 in microseconds, one query at a time as
-   serving calls it, interleaved in blocks of 50 queries (in a random order
-   per block) so every method sees the same machine load and the same
-   predecessors: the shipped searcher (k=10 and k=retrieval.k), NumPy
+   serving calls it, interleaved in blocks of 50 queries in a random order
+   per block (every method sees the same machine load), every block started
+   right after an untimed read of 64 MB, twice the L3 cache (every method
+   starts every block from the same cold cache, whatever else is timed): the shipped searcher (k=10 and k=retrieval.k), NumPy
    brute force (matvec + argpartition + sort of the top k) and the
    brute-force searcher. The ratio is NumPy p50 / shipped p50 (also against
    the brute-force searcher). Goal: recall@10 >= 0.95 at >= 50x.
@@ -81,6 +82,7 @@ from pipelines.build_index import (build_searcher, calibrate_search, default_num
 K = 10
 WARMUP = 20
 BLOCK = 50
+FLUSH_BYTES = 64 << 20  # read before every timed block: twice this CPU's 32 MB L3
 
 
 class Mixture:
@@ -211,28 +213,23 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
     got = {m: [None] * n_queries for m in methods}
     times = {m: [0.0] * n_queries for m in methods}
     names = list(methods)
-    # Interleaved in blocks of BLOCK queries, in a new random order every block: every method sees the
-    # same machine load and, on average, the same predecessors (a fixed rotation always ran the shipped search
-    # after the same method: after the brute-force searcher's pass over the whole matrix it started cold, after
-    # another search of the same index warm, 20% apart at identical settings). Blocks rather than single
-    # queries: per-query interleaving doubled ScaNN's p50 at 1M. p99 includes block starts.
-    # Each method's blocks that ran right after a brute-force pass over a whole matrix (NumPy's or the
-    # brute-force searcher's) are also kept apart: the coldest cache state, the rotation's for the shipped search.
+    # Interleaved in blocks of BLOCK queries, in a new random order every block (every method sees the same
+    # machine load), and every block starts from the same cache state whatever else is in the loop: right after
+    # an untimed read of FLUSH_BYTES, twice this CPU's L3. A fixed rotation without it always ran the shipped
+    # search after the same method, cold after the brute-force searcher's pass over its dataset, warm after
+    # another search of the same index: 13-17% apart at identical settings. Blocks rather than single queries:
+    # per-query interleaving doubled ScaNN's p50 at 1M. p99 includes block starts.
     order = np.random.default_rng([seed, n, dim, 2])
-    passes = {"numpy_brute_force", "scann_brute_force"}
-    cold = {m: [] for m in names}
-    prev = None
+    flush = np.ones(FLUSH_BYTES // 4, np.float32)
     for lo in range(0, n_queries, BLOCK):
         for m in order.permutation(names).tolist():
             f, g, ts = methods[m], got[m], times[m]
+            float(flush.sum())
             for i in range(lo, min(lo + BLOCK, n_queries)):
                 t = pc(); g[i] = f(queries[i]); ts[i] = pc() - t
-            if prev in passes:
-                cold[m].extend(ts[lo:min(lo + BLOCK, n_queries)])
-            prev = m
+    del flush
 
     lat = {m: pct_us(times[m]) for m in names}
-    lat_cold = {m: {**pct_us(v), "n": len(v)} for m, v in cold.items() if v}
     # NumPy alone, query after query: its 4 x items x dim byte matrix stays in the caches as far as they hold it
     # (100k x 64-d is 25.6 MB), the state interleaving with the other methods takes away
     alone = []
@@ -282,9 +279,6 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
         "ratio_p50_vs_numpy": lat["numpy_brute_force"]["p50"] / lat["scann"]["p50"],
         "ratio_p99_vs_numpy": lat["numpy_brute_force"]["p99"] / lat["scann"]["p99"],
         "ratio_p50_vs_scann_brute_force": lat["scann_brute_force"]["p50"] / lat["scann"]["p50"],
-        "latency_after_brute_force_pass_us": lat_cold,
-        "ratio_p50_after_brute_force_pass_vs_numpy": (lat["numpy_brute_force"]["p50"] / lat_cold["scann"]["p50"]
-                                                      if "scann" in lat_cold else None),
         "throughput_qps": qps,
         "throughput_ratio_1thread_vs_numpy": qps["scann_batched_1thread"] / qps["numpy_batched"],
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
@@ -298,7 +292,6 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
              f"recall_at_{k_serve}": recall(got[f"{name}@{k_serve}"], exact, k_serve),
              "latency_us": lat[f"{name}@{K}"], f"latency_us_k{k_serve}": lat[f"{name}@{k_serve}"]}
         v["ratio_p50_vs_numpy"] = lat["numpy_brute_force"]["p50"] / v["latency_us"]["p50"]
-        v["latency_after_brute_force_pass_us"] = lat_cold.get(f"{name}@{K}")
         v["goal_met"] = v["recall_at_10"] >= 0.95 and v["ratio_p50_vs_numpy"] >= 50
         r["variants"][name] = v
         print(f"  variant {name} ({leaves_text(vp, k_serve)} leaves): recall@10 "
@@ -309,9 +302,7 @@ def bench_case(n: int, dim: int, n_queries: int, clusters: int, seed: int, index
           f"p50 {lat['scann']['p50']:.0f} us vs numpy {lat['numpy_brute_force']['p50']:.0f} us "
           f"({r['ratio_p50_vs_numpy']:.0f}x), vs ScaNN brute force {lat['scann_brute_force']['p50']:.0f} us "
           f"({r['ratio_p50_vs_scann_brute_force']:.0f}x); numpy alone (not interleaved) "
-          f"{lat['numpy_brute_force_alone']['p50']:.0f} us; right after a brute-force pass "
-          + (f"{lat_cold['scann']['p50']:.0f} us ({r['ratio_p50_after_brute_force_pass_vs_numpy']:.0f}x, "
-             f"{lat_cold['scann']['n']} queries)" if "scann" in lat_cold else "never"), flush=True)
+          f"{lat['numpy_brute_force_alone']['p50']:.0f} us", flush=True)
     del searcher, bf_searcher, emb, others
     return r
 
@@ -346,20 +337,17 @@ def table(results: list[dict]) -> str:
         lines.append("| " + " | ".join(row) + " |")
     if any(r.get("variants") for r in results):
         lines += ["", f"| items | dim | settings | leaves x re-ordered k=10, {ks} / all leaves | recall@10 | p50 µs | ratio p50 vs NumPy | "
-                      f"after a brute-force pass: p50 µs (ratio) | recall@{ks} | k={ks} p50 µs | goal |", "|" + "---:|" * 11]
+                      f"recall@{ks} | k={ks} p50 µs | goal |", "|" + "---:|" * 10]
         for r in results:
             p = r["params"]
-            np_p50 = r["latency_us"]["numpy_brute_force"]["p50"]
             rows = [("shipped", p, r["recall_at_10"], r["latency_us"]["scann"]["p50"], r["ratio_p50_vs_numpy"],
-                     r["latency_after_brute_force_pass_us"].get("scann"), r[f"recall_at_{ks}"],
-                     r["latency_us"][f"scann_k{ks}"]["p50"], r["goal_met"])]
+                     r[f"recall_at_{ks}"], r["latency_us"][f"scann_k{ks}"]["p50"], r["goal_met"])]
             rows += [(name, v["params"], v["recall_at_10"], v["latency_us"]["p50"], v["ratio_p50_vs_numpy"],
-                      v["latency_after_brute_force_pass_us"], v[f"recall_at_{ks}"], v[f"latency_us_k{ks}"]["p50"],
-                      v["goal_met"]) for name, v in r.get("variants", {}).items()]
-            for name, vp, r10, p50, ratio, cold, rk, pk, met in rows:
-                after = f"{cold['p50']:.0f} ({np_p50 / cold['p50']:.0f}x)" if cold else "-"
-                lines.append(f"| {r['items']:,} | {r['dim']} | {name} | {leaves_text(vp, ks)} | {r10:.4f} | {p50:.0f} | {ratio:.0f}x | {after} | "
-                             f"{rk:.4f} | {pk:.0f} | {'met' if met else 'NOT met'} |")
+                      v[f"recall_at_{ks}"], v[f"latency_us_k{ks}"]["p50"], v["goal_met"])
+                     for name, v in r.get("variants", {}).items()]
+            for name, vp, r10, p50, ratio, rk, pk, met in rows:
+                lines.append(f"| {r['items']:,} | {r['dim']} | {name} | {leaves_text(vp, ks)} | {r10:.4f} | {p50:.0f} | "
+                             f"{ratio:.0f}x | {rk:.4f} | {pk:.0f} | {'met' if met else 'NOT met'} |")
     return "\n".join(lines)
 
 

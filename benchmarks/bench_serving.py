@@ -473,7 +473,7 @@ def _synthetic_recommender(n_items: int, demo, seed: int, candidates: int, work:
     t = time.perf_counter()
     searcher, params = build_searcher(emb, config.retrieval.index, k=config.retrieval.k)
     info["index_build_s"] = time.perf_counter() - t
-    # calibrated as export calibrates it (`leaves_by_k`), on the real query tower's outputs for the demo's
+    # calibrated as export calibrates it (`leaves_by_k`, `reorder_by_k`), on the real query tower's outputs for the demo's
     # buyers: the queries these requests send
     t = time.perf_counter()
     store = open_store(Path(demo.bundle.manifest["feature_store"]))

@@ -442,6 +442,13 @@ def reorder_depth(k: int, reorder: int, per_neighbor: int | None) -> int:
     return max(k, min(reorder, int(per_neighbor) * k))
 
 
+def configured_reorder(index: Mapping[str, Any], k: int) -> int:
+    """The re-ordering depth the tree + AH index's settings give a query of `k` neighbours
+    (:func:`reorder_depth` of its `reorder` and `reorder_per_neighbor`): what a query re-orders without a
+    calibrated depth, and the most calibration may choose."""
+    return reorder_depth(k, index["reorder"], index.get("reorder_per_neighbor"))
+
+
 def query_reorder(index: Mapping[str, Any] | None, k: int) -> int | None:
     """`pre_reorder_num_neighbors` for a query of `k` neighbours on the index that `index` describes.
 
@@ -450,17 +457,16 @@ def query_reorder(index: Mapping[str, Any] | None, k: int) -> int | None:
         k: neighbours asked for.
 
     Returns:
-        The calibrated depth (`reorder_by_k`, :func:`pipelines.build_index.calibrate_search`) of the smallest
-        calibrated neighbour count >= k, never fewer than k; past the largest calibrated count, and for an index
-        calibrated before depths were (a bundle with `leaves_by_k` only) or not at all, :func:`reorder_depth` of
-        its settings; None for an exact (brute-force) index or none.
+        The calibrated depth (`reorder_by_k`, :func:`pipelines.build_index.calibrate_search`) at the calibrated
+        count :func:`query_leaves` reads (the smallest >= k), never fewer than k; past the largest calibrated
+        count, and for an index calibrated before depths were (a bundle with `leaves_by_k` only) or not at all,
+        :func:`configured_reorder`; None for an exact (brute-force) index or none.
     """
     if not index or index.get("type") != "tree_ah":
         return None
-    calibrated = _calibrated_for(index, "reorder_by_k", k)
-    if calibrated is not None:
-        return max(int(k), calibrated)
-    return reorder_depth(k, index["reorder"], index.get("reorder_per_neighbor"))
+    count = _calibrated_count(index, k)
+    depth = (index.get("reorder_by_k") or {}).get(str(count)) if count is not None else None
+    return max(int(k), int(depth)) if depth is not None else configured_reorder(index, k)
 
 
 def query_leaves(index: Mapping[str, Any] | None, k: int) -> int | None:
@@ -473,14 +479,16 @@ def query_leaves(index: Mapping[str, Any] | None, k: int) -> int | None:
     """
     if not index or index.get("type") != "tree_ah":
         return None
-    return _calibrated_for(index, "leaves_by_k", k)
+    count = _calibrated_count(index, k)
+    return int(index["leaves_by_k"][str(count)]) if count is not None else None
 
 
-def _calibrated_for(index: Mapping[str, Any], key: str, k: int) -> int | None:
-    """`index[key]`'s value ({str(count): value}) at the smallest calibrated count >= k; None past the largest
-    count or without the table."""
-    fits = [(int(c), int(v)) for c, v in (index.get(key) or {}).items() if int(c) >= k]
-    return min(fits)[1] if fits else None
+def _calibrated_count(index: Mapping[str, Any], k: int) -> int | None:
+    """The smallest neighbour count >= k the index was calibrated at (`leaves_by_k`, whose counts
+    `reorder_by_k` shares); None past the largest or without calibration. Leaves and depth are read at this one
+    count, so a query never pairs one count's leaves with another's depth."""
+    counts = [int(c) for c in (index.get("leaves_by_k") or {}) if int(c) >= k]
+    return min(counts) if counts else None
 
 
 def search_kwargs(index: Mapping[str, Any] | None, k: int) -> dict[str, int]:

@@ -141,7 +141,7 @@ class IndexConfig(_Section):
     by SOAR (`soar_lambda`; None: one leaf per item), asymmetric hashing with
     `dims_per_block` dimensions per codebook (default: 1 below 64-d, else 2:
     at least 32 codebooks from 32-d up), then exact re-ordering of the best
-    hashed candidates: a query for k neighbours re-orders
+    hashed candidates: a query for k neighbours re-orders at most
     `reorder_per_neighbor` x k of them, at most `reorder` unless k itself is
     more (`reorder_per_neighbor: 0` always re-orders `reorder`), see
     `cartwise.bundle.reorder_depth`. `num_leaves_to_search` is the most leaves a
@@ -159,8 +159,10 @@ class IndexConfig(_Section):
     and `reorder_by_k` in the manifest,
     `pipelines.build_index.calibrate_search`). A query for k neighbours
     searches the leaves and re-orders the candidates of the next calibrated
-    length (past `retrieval.k`: the most leaves, `reorder_depth`). Fewer than 50 such buyers, or `target_recall: null`: every
-    query searches the most. Export fails when the
+    length (past `retrieval.k`: the most leaves, `reorder_depth`). Fewer
+    than 50 such buyers, or `target_recall: null`: every query searches the
+    most at the configured depth. `reorder_per_neighbor: 0` also keeps the
+    depth at `reorder` through calibration. Export fails when the
     index's recall@10 against brute force on golden queries is below
     `min_recall`.
     """

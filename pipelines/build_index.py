@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
-from cartwise.bundle import exact_top_k, reorder_depth, search_kwargs
+from cartwise.bundle import configured_reorder, exact_top_k, search_kwargs
 from cartwise.config import MIN_CALIBRATION_QUERIES, IndexConfig
 from pipelines.progress import Log, step
 
@@ -135,11 +135,11 @@ def recall_lower_bound(recalls: np.ndarray) -> float:
 #: candidates re-ordered per neighbour that calibration tries besides the configured depth (`reorder_per_neighbor`)
 SHALLOWER_PER_NEIGHBOR = (2, 3)
 
-#: hashed points one re-ordered candidate costs as much as (:func:`search_cost`). Measured with
-#: benchmarks/bench_index.py's mixture on this 2-core machine (2026-11-28, one query at a time, p50 at 8 and 24
-#: leaves x 20 and 80 candidates): a leaf's hashed points 0.48-0.75 ns each, a re-ordered candidate 81-93 ns
-#: (reading its float row is a cache miss at any width): 131 points at 100k x 64-d, 113 at 100k x 32-d, 194 at
-#: 1M x 64-d.
+#: hashed points one re-ordered candidate costs as much as (:func:`search_cost`). Measured by
+#: benchmarks/search_cost.py on bench_index.py's mixture, this 2-core machine (2026-11-28, one query at a time,
+#: p50 at 8 and 24 leaves x 20 and 80 candidates): a leaf's hashed points 0.48-0.75 ns each, a re-ordered
+#: candidate 81-93 ns (reading its float row is a cache miss at any width): 131 points at 100k x 64-d, 113 at
+#: 100k x 32-d, 194 at 1M x 64-d.
 REORDER_COST_IN_HASHED_POINTS = 150
 
 
@@ -148,7 +148,9 @@ def search_cost(params: dict, leaves: int, depth: int) -> float:
 
     The hashed points of those leaves (items per leaf, twice with SOAR) plus :data:`REORDER_COST_IN_HASHED_POINTS`
     per re-ordered candidate. Only ranks settings that all reach the calibration target against each other: a
-    wrong constant costs speed, never recall.
+    wrong constant costs speed, never recall below the target. Measured where a re-ordered row misses the cache
+    (100k and 1M items); in a small catalog whose vectors stay cached (the demo's 3,648 x 32-d, 467 KB) a
+    re-ordered candidate is likely cheaper than the constant says, so there it favours shallow depths.
     """
     per_leaf = params["items"] * (2 if params.get("soar_lambda") else 1) / params["num_leaves"]
     return leaves * per_leaf + depth * REORDER_COST_IN_HASHED_POINTS
@@ -156,8 +158,11 @@ def search_cost(params: dict, leaves: int, depth: int) -> float:
 
 def reorder_ladder(params: dict, k: int, shallower: tuple[int, ...] = SHALLOWER_PER_NEIGHBOR) -> list[int]:
     """Re-ordering depths :func:`calibrate_search` tries for `k` neighbours, shallowest first: the configured
-    one (`cartwise.bundle.reorder_depth`) and `shallower` x k below it (never fewer than k)."""
-    configured = reorder_depth(k, params["reorder"], params.get("reorder_per_neighbor"))
+    one (`cartwise.bundle.configured_reorder`) and `shallower` x k below it (never fewer than k); the configured
+    one alone with `reorder_per_neighbor: 0` (always re-order `reorder`)."""
+    configured = configured_reorder(params, k)
+    if not params.get("reorder_per_neighbor"):
+        return [configured]
     return sorted({max(k, min(configured, m * k)) for m in shallower} | {configured})
 
 
@@ -188,7 +193,9 @@ def calibrate_search(searcher, embeddings: np.ndarray, queries: np.ndarray, para
         k_max: largest neighbour count calibrated (at most N).
         target: recall@k to reach; None: no calibration.
         shallower: candidates per neighbour tried below the configured depth (`()`: the leaves alone, at the
-            configured depth, as bundles before 2026-11-28 were calibrated; benchmarks/bench_index.py times both).
+            configured depth; benchmarks/bench_index.py times both. Before 2026-11-28 calibration also walked
+            each length's leaves on from the shorter length's choice, so they never fell with the length: each
+            length now walks from one leaf).
 
     Returns:
         `params` plus `leaves_by_k` and `reorder_by_k` ({str(k): leaves}, {str(k): candidates re-ordered}),
@@ -239,8 +246,8 @@ def calibrate_on_users(searcher, embeddings: np.ndarray, params: dict, users: li
     :data:`MIN_CALIBRATION_QUERIES` users."""
     if params.get("type") != "tree_ah" or cfg.target_recall is None:
         return params
-    with step(stage, f"calibrate the search (leaves, re-ordering) to recall >= {cfg.target_recall} on {len(users)} users' "
-                     "queries", log) as s:
+    with step(stage, f"calibrate the search (leaves, re-ordering) to recall >= {cfg.target_recall} on "
+                     f"{len(users)} users' queries", log) as s:
         # below the minimum nothing is calibrated: the users' features are not even read
         queries = (embed_users(users) if len(users) >= MIN_CALIBRATION_QUERIES
                    else np.zeros((0, embeddings.shape[1]), np.float32))

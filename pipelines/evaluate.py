@@ -110,7 +110,7 @@ def model_lists(embed_query: Callable, searcher, item_ids: np.ndarray, user_fram
 
     `index`: the index parameters (`build_searcher`'s or a manifest's); a tree + AH index re-orders as many
     candidates and searches as many leaves as serving would for `length` neighbours
-    (`cartwise.bundle.search_kwargs`: the calibrated leaves), else its defaults.
+    (`cartwise.bundle.search_kwargs`: the calibrated leaves and depth), else its defaults.
     """
     if user_frame.empty:
         return {}

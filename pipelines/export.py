@@ -308,8 +308,7 @@ def refusal(recall: float, min_recall: float, params: dict) -> str:
     most = params.get("num_leaves_to_search")
     leaves = b.query_leaves(params, GOLDEN_K) or most
     depth = b.query_reorder(params, GOLDEN_K)
-    configured = (b.reorder_depth(GOLDEN_K, params["reorder"], params.get("reorder_per_neighbor"))
-                  if params.get("type") == "tree_ah" else depth)
+    configured = b.configured_reorder(params, GOLDEN_K) if params.get("type") == "tree_ah" else depth
     if leaves is not None and most is not None and (leaves < most or depth < configured):
         # calibration cut the search: ask it for more
         advice = (f"raise retrieval.index.target_recall (the search of {GOLDEN_K} was calibrated down to {leaves} of "
@@ -318,7 +317,7 @@ def refusal(recall: float, min_recall: float, params: dict) -> str:
     else:
         advice = "raise retrieval.index.num_leaves_to_search or reorder_per_neighbor"
     return (f"index recall@{GOLDEN_K} {recall:.3f} < retrieval.index.min_recall {min_recall} (searching {leaves} "
-            f"leaves and re-ordering {b.query_reorder(params, GOLDEN_K)} candidates per query, as serving asks for "
+            f"leaves and re-ordering {depth} candidates per query, as serving asks for "
             f"{GOLDEN_K}); {advice}")
 
 
@@ -346,7 +345,7 @@ def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, sea
             `ranking/`); None or a directory without one: no ranker in the bundle.
 
     Returns:
-        Manifest fields: `index` (params with the calibrated leaves per neighbour count, recall against
+        Manifest fields: `index` (params with the calibrated leaves and depth per neighbour count, recall against
         brute force, golden query count), `golden`, `serving_tables` and, with a ranker, `ranking`.
 
     Raises:
@@ -355,7 +354,7 @@ def write_tables(staging: Path, store, frame: pd.DataFrame, emb: np.ndarray, sea
     purchases = events[events[n.EVENT_TYPE] == n.PURCHASE]
     history = purchase_history(purchases)
     # the most active buyers are the golden users (their queries exercise the index where it matters most), the
-    # next ones calibrate the leaves searched
+    # next ones calibrate the search (leaves and re-ordering depth)
     buyers = buyers_by_activity(history)
     users = buyers[:GOLDEN_QUERIES]
     embed_query = b.load_tower(staging / b.QUERY_TOWER)  # the staged query tower, loaded once for both

@@ -85,10 +85,31 @@ def test_search_kwargs_take_the_calibrated_leaves_of_the_next_calibrated_count()
         {"pre_reorder_num_neighbors": 60, "leaves_to_search": 28},
         {"pre_reorder_num_neighbors": 200, "leaves_to_search": 50},
         {"pre_reorder_num_neighbors": 300}]
-    assert query_reorder({**index, "reorder_by_k": {"20": 20}}, 15) == 20
-    assert query_reorder({**index, "reorder_by_k": {"20": 10}}, 15) == 15
+    assert query_reorder({**index, "reorder_by_k": {"10": 20, "20": 20, "200": 200}}, 15) == 20
+    assert query_reorder({**index, "reorder_by_k": {"10": 20, "20": 10, "200": 200}}, 15) == 15
+    # leaves and depth are read at one calibrated count: a depth missing there is the configured one, never
+    # another count's
+    partial = {**index, "reorder_by_k": {"20": 60}}
+    assert search_kwargs(partial, 10) == {"pre_reorder_num_neighbors": 50, "leaves_to_search": 15}
+    assert search_kwargs(partial, 20) == {"pre_reorder_num_neighbors": 60, "leaves_to_search": 28}
     assert search_kwargs({"type": "brute_force", "items": 100}, 10) == {}
     assert search_kwargs(None, 10) == {}
+
+
+def test_search_cost_counts_hashed_points_and_re_ordered_candidates():
+    from pipelines.build_index import REORDER_COST_IN_HASHED_POINTS, reorder_ladder, search_cost
+
+    assert REORDER_COST_IN_HASHED_POINTS == 150
+    soar = {"type": "tree_ah", "items": 20_000, "num_leaves": 141, "soar_lambda": 1.5, "reorder": 200,
+            "reorder_per_neighbor": 5}
+    # SOAR files every item in two leaves: 2 x 20,000 / 141 hashed points per leaf searched
+    assert search_cost(soar, 10, 50) == pytest.approx(10 * 40_000 / 141 + 50 * 150)
+    assert search_cost({**soar, "soar_lambda": None}, 10, 50) == pytest.approx(10 * 20_000 / 141 + 50 * 150)
+    # depths tried: 2, 3 and reorder_per_neighbor per neighbour, capped by reorder and never fewer than k
+    assert reorder_ladder(soar, 10) == [20, 30, 50] and reorder_ladder(soar, 80) == [160, 200]
+    assert reorder_ladder(soar, 300) == [300] and reorder_ladder(soar, 10, shallower=()) == [50]
+    # reorder_per_neighbor 0: always `reorder`, nothing shallower tried
+    assert reorder_ladder({**soar, "reorder_per_neighbor": 0}, 10) == [200]
 
 
 def test_index_calibration_settings_are_validated():

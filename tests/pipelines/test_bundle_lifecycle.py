@@ -197,9 +197,10 @@ def test_golden_queries_are_required_unless_the_bundle_predates_them(trained_sho
 
 def test_export_and_evaluation_calibrate_a_tree_index_on_other_users_than_the_golden_ones(
         trained_shop, tmp_path, monkeypatch):
-    """A tree index (forced on the shop's 48 items): export calibrates the leaves searched on the buyers after
-    the golden ones, stores the table in the manifest, checks its golden recall and replays the golden queries
-    at load with it; evaluation calibrates its own index up to the lists it asks for."""
+    """A tree index (forced on the shop's 48 items): export calibrates the search (leaves and re-ordering
+    depth) on the buyers after the golden ones, stores the tables in the manifest, checks its golden recall and
+    replays the golden queries at load with them; evaluation calibrates its own index up to the lists it asks
+    for."""
     from pipelines import evaluate
     from pipelines import build_index as bi
     from pipelines.evaluate import buyers_by_activity, purchase_history
@@ -220,10 +221,10 @@ def test_export_and_evaluation_calibrate_a_tree_index_on_other_users_than_the_go
     monkeypatch.setattr(bi, "search_kwargs", recording(bi.search_kwargs))  # the export's recall gate
     monkeypatch.setattr(b, "search_kwargs", recording(b.search_kwargs))  # the golden replay at load
     m = export.run(cfg, log=quiet)
-    # calibration searched first (without a table), then the gate and the replay of the staged bundle searched
-    # with the calibrated table, for 10 neighbours
-    calibrated = [(idx, k) for idx, k in asked if idx.get("leaves_by_k")]
-    assert len(calibrated) == 2 and asked[-2:] == calibrated and {k for _, k in calibrated} == {10}
+    # calibration searches with settings of its own (not through search_kwargs); the gate and the replay of the
+    # staged bundle search with the calibrated tables, for 10 neighbours
+    calibrated = [(idx, k) for idx, k in asked if idx.get("leaves_by_k") and idx.get("reorder_by_k")]
+    assert len(calibrated) == 2 and asked == calibrated and {k for _, k in calibrated} == {10}
     asked.clear()
     index = m["index"]
     items = index["items"]
