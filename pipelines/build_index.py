@@ -136,10 +136,10 @@ def recall_lower_bound(recalls: np.ndarray) -> float:
 SHALLOWER_PER_NEIGHBOR = (2, 3)
 
 #: hashed points one re-ordered candidate costs as much as (:func:`search_cost`). Measured by
-#: benchmarks/search_cost.py on bench_index.py's mixture, this 2-core machine (2026-11-28, one query at a time,
-#: p50 at 8 and 24 leaves x 20 and 80 candidates): a leaf's hashed points 0.48-0.75 ns each, a re-ordered
-#: candidate 81-93 ns (reading its float row is a cache miss at any width): 131 points at 100k x 64-d, 113 at
-#: 100k x 32-d, 194 at 1M x 64-d.
+#: benchmarks/search_cost.py on bench_index.py's mixture, this 2-core machine (2026-11-28 01:06 UTC, one query at
+#: a time, p50 at 8 and 24 leaves x 20 and 80 candidates): a hashed point 0.43-0.71 ns, a re-ordered candidate
+#: 72-80 ns (reading its float row misses the cache at these sizes): 122 points at 100k x 64-d, 103 at 100k x
+#: 32-d, 185 at 1M x 64-d (a scratch run at 00:00 UTC: 131, 113, 194).
 REORDER_COST_IN_HASHED_POINTS = 150
 
 
