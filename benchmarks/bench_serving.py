@@ -66,8 +66,8 @@ Cases:
     item norms, the calibration of benchmarks/bench_index.py) of the demo query
     tower's output size, indexed by `pipelines.build_index.build_searcher` with
     `retrieval.index` of cartwise.yaml (the searcher export ships: tree + AH +
-    re-ordering), its leaves per list length calibrated as export does
-    (`calibrate_on_users`) on the query tower's outputs for up to
+    re-ordering), its search (leaves and re-ordering depth) per list length
+    calibrated as export does (`calibrate_on_users`) on the query tower's outputs for up to
     `calibration_queries` of the demo's buyers, whose requests it then serves;
   - the demo bundle's **real query tower** (TensorFlow SavedModel) and the
     demo's **real Feast online store** for user features: the known users are
@@ -473,8 +473,8 @@ def _synthetic_recommender(n_items: int, demo, seed: int, candidates: int, work:
     t = time.perf_counter()
     searcher, params = build_searcher(emb, config.retrieval.index, k=config.retrieval.k)
     info["index_build_s"] = time.perf_counter() - t
-    # calibrated as export calibrates it (`leaves_by_k`, `reorder_by_k`), on the real query tower's outputs for the demo's
-    # buyers: the queries these requests send
+    # calibrated as export calibrates it (`leaves_by_k`, `reorder_by_k`), on the real query tower's outputs for
+    # the demo's buyers: the queries these requests send
     t = time.perf_counter()
     store = open_store(Path(demo.bundle.manifest["feature_store"]))
     # their own generator: the catalog and ranking state drawn from `rng` stay those of earlier runs

@@ -190,7 +190,8 @@ def feature_table_suite(table: str, *, min_rows: int = 1) -> gx.ExpectationSuite
 
     Returns:
         Schema (required columns exist), keys and features not null, counts,
-        money and prices non-negative, row count.
+        money and prices non-negative, rates (:data:`RATE_FEATURES`) at most 1,
+        row count.
     """
     ephemeral_context()
     e = gx.expectations
