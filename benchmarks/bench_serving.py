@@ -61,7 +61,7 @@ Cases:
   `build/`) first.
 - a number N (`100000`, `1000000`): a **synthetic catalog** of N items served
   by a bundle-like Recommender built in memory without training: a
-  :class:`cartwise.bundle.LoadedBundle` made directly (no files) with
+  :class:`cartwise.bundle.LoadedBundle` made directly (not loaded from an export) with
   - item embeddings: a Gaussian mixture (one component per category, log-normal
     item norms, the calibration of benchmarks/bench_index.py) of the demo query
     tower's output size, indexed by `pipelines.build_index.build_searcher` with
@@ -69,7 +69,9 @@ Cases:
     re-ordering), its search (leaves and re-ordering depth) per list length
     calibrated as export does (`calibrate_on_users`) on the query tower's outputs for up to
     `calibration_queries` of the demo's buyers, whose requests it then serves;
-  - the demo bundle's **real query tower** (TensorFlow SavedModel) and the
+  - the demo bundle's **real query tower** (TensorFlow SavedModel, served
+    through its checked NumPy pass as in the demo case: the demo's golden
+    users, copied into the synthetic bundle's directory, are the probe) and the
     demo's **real Feast online store** for user features: the known users are
     the demo's buyers, each given a synthetic purchase history over the
     synthetic items (5-60 purchases), so the features stage costs what it
@@ -233,7 +235,7 @@ class StageTimers:
         r = self.rec
         self._wrap(r, "query", "features")
         self._wrap(r.features, "get", "features.online_store")
-        self._wrap(r.bundle, "embed_query", "features.query_tower")
+        self._wrap(r, "embed_query", "features.query_tower")
         # the pipeline calls retrieve_within (the time-budgeted form): (candidates, skipped sources)
         self._wrap(r.retriever, "retrieve_within", "retrieval", count=lambda out: len(out[0]))
         for slot in r.retriever.slots:
@@ -396,10 +398,12 @@ def _synthetic_ranker(root: Path, demo, ids, categories, history, as_of, rng) ->
 
 def _synthetic_recommender(n_items: int, demo, seed: int, candidates: int, work: Path) -> tuple[object, dict]:
     """A Recommender over a synthetic catalog of `n_items`, built in memory (see the module docstring)."""
+    import shutil
+
     import numpy as np
     import pandas as pd
 
-    from cartwise.bundle import LoadedBundle
+    from cartwise.bundle import GOLDEN_DIR, LoadedBundle
     from feature_repo import names as n
     from pipelines.build_features import open_store
     from pipelines.build_index import build_searcher, calibrate_on_users
@@ -488,6 +492,11 @@ def _synthetic_recommender(n_items: int, demo, seed: int, candidates: int, work:
                 "index": {**params}, "feature_store": demo.bundle.manifest["feature_store"],
                 "feature_services": demo.bundle.manifest["feature_services"]}
     root = Path(work) / f"synthetic-{n_items}"
+    # the demo's query tower embeds these shoppers: its golden users are the probe serving checks the tower's
+    # NumPy pass on (serving.pipeline.Recommender._query_embedder), as it would in the demo bundle itself
+    shutil.rmtree(root / GOLDEN_DIR, ignore_errors=True)
+    if (demo.bundle.root / GOLDEN_DIR).is_dir():
+        shutil.copytree(demo.bundle.root / GOLDEN_DIR, root / GOLDEN_DIR)
     if (demo.bundle.root / "ranking").is_dir():  # the learned ranker ranks the candidates, as in the demo bundle
         t = time.perf_counter()
         info.update(_synthetic_ranker(root, demo, ids, cat_names[cat], history, as_of, rng))
@@ -576,6 +585,8 @@ def child_main(spec: dict) -> None:
         info["sources"] = list(rec.retriever.names)
         info["rules"] = list(rec.rules.chain.names)
         del demo  # the synthetic recommender keeps its tower and online store
+    # which forward pass embeds the shoppers (models/towers.query_embedder: NumPy where it was checked)
+    info["query_tower"] = {"engine": rec.embed_query.engine, "why_tensorflow": rec.embed_query.engine_reason}
     max_k = rec.config.serving.max_k
     reqs = _requests(rec, spec["n_requests"], spec["seed"])
     bodies = [json.dumps(b, separators=(",", ":")).encode() for b in reqs]
@@ -595,9 +606,8 @@ def child_main(spec: dict) -> None:
         full(b)
     info["build_s"] = time.perf_counter() - t0
     info["rss_mb_after_build"] = _rss()
-    gc_pauses = _GcPauses()  # from here on: the measured part
-
-    with BackgroundServer(app) as server:
+    with BackgroundServer(app) as server:  # collects, then freezes what is loaded (serving.server)
+        gc_pauses = _GcPauses()  # from here on: the measured part (not the start-up collection)
         _emit({"event": "ready", "port": server.port, "requests_file": str(req_file), "info": info})
         for line in sys.stdin:
             cmd = json.loads(line)

@@ -17,6 +17,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from models.numpy_pass import checked
+
 #: input key of the pre-stacked feature matrix [B, F]
 STACKED = "features"
 
@@ -171,17 +173,13 @@ class NumpyRankingTower:
         return (h @ kernel + bias)[:, 0].astype(np.float32)
 
 
-#: a probe whose logits reach this size says nothing (a saturated model or out-of-range inputs)
-PROBE_MAX_LOGIT = 1000.0
-
-
 def load_stacked_scorer(path: str, n_features: int, probe: np.ndarray | None = None
                         ) -> Callable[[np.ndarray], np.ndarray]:
     """A saved :class:`ScoringModule` as a function of the stacked matrix: float32 [B, F] -> logits float32 [B].
 
     The function runs the tower in NumPy (:class:`NumpyRankingTower`) when that gives the SavedModel's
-    own logits on `probe` (max difference within 1e-4 relative / 1e-4 absolute, logits of ordinary size:
-    below PROBE_MAX_LOGIT), else through the SavedModel's `score_stacked`; `score.engine` says which
+    own logits on `probe` (:func:`models.numpy_pass.checked`: within 1e-4 relative / 1e-4 absolute, logits
+    of ordinary size), else through the SavedModel's `score_stacked`; `score.engine` says which
     ("numpy" / "tensorflow") and `score.engine_reason` why TensorFlow was kept. The probe must look like
     what will be scored (serving passes catalog items' feature rows): inputs far outside the training
     range blow the standardisation of near-constant features up and make any comparison pass.
@@ -206,31 +204,12 @@ def load_stacked_scorer(path: str, n_features: int, probe: np.ndarray | None = N
     def tf_score(x: np.ndarray) -> np.ndarray:
         return fn(tf.constant(np.asarray(x, dtype=np.float32).reshape(-1, n_features))).numpy()
 
-    reason = None
-    if probe is None or len(probe) == 0:
-        reason = "no probe rows to check the NumPy pass on"
-    else:
-        probe = np.asarray(probe, dtype=np.float32).reshape(-1, n_features)
-        reference = tf_score(probe)
-        try:
-            tower = NumpyRankingTower(module)
-            got = tower(probe)
-            worst = float(np.max(np.abs(reference)))
-            if not np.isfinite(worst) or worst >= PROBE_MAX_LOGIT:
-                reason = f"probe logits up to {worst:.3g}: not a probe the comparison can judge"
-            elif not np.allclose(got, reference, rtol=1e-4, atol=1e-4):
-                reason = (f"NumPy logits differ from the SavedModel's by up to "
-                          f"{float(np.max(np.abs(got - reference))):.3g}")
-        except (ValueError, TypeError) as e:
-            reason = f"{type(e).__name__}: {e}"
+    def numpy_pass() -> Callable[[np.ndarray], np.ndarray]:
+        tower = NumpyRankingTower(module)
+        return lambda x: tower(np.asarray(x, dtype=np.float32).reshape(-1, n_features))
 
-    if reason is None:
-        def score(x: np.ndarray) -> np.ndarray:
-            return tower(np.asarray(x, dtype=np.float32).reshape(-1, n_features))
-        score.engine = "numpy"
-    else:
-        score = tf_score
-        score.engine = "tensorflow"
-    score.engine_reason = reason
+    if probe is not None:
+        probe = np.asarray(probe, dtype=np.float32).reshape(-1, n_features)
+    score = checked(tf_score, numpy_pass, probe if probe is not None and len(probe) else None)
     score.module = module  # the function's variables live as long as the module
     return score

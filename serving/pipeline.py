@@ -92,7 +92,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkabl
 
 import numpy as np
 
-from cartwise.bundle import LoadedBundle, load_bundle
+from cartwise.bundle import LoadedBundle, golden_inputs, load_bundle
 from cartwise.config import CartwiseConfig, ConfigError, parse_config
 from feature_repo import names as n
 from serving.candidates import Candidates
@@ -443,6 +443,7 @@ class Recommender:
         q = bundle.manifest["query_inputs"]
         self.string_inputs, self.float_inputs = list(q["strings"]), list(q["floats"])
         self.catalog = Catalog.from_bundle(bundle)
+        self.embed_query = self._query_embedder()
         self.embeds_sessions = self._tower_reads_sessions()
         self._session_embedding = lru_cache(maxsize=SESSION_CACHE)(self._embed_session)
         self.n_items = len(bundle.item_ids)
@@ -602,7 +603,39 @@ class Recommender:
             value = user_id if name == n.USER_ID else context.get(name, feats.get(name, UNKNOWN))
             inputs[name] = np.asarray([str(value)], dtype=object)
         inputs.update({name: np.asarray([feats.get(name, 0.0)], dtype=np.float32) for name in self.float_inputs})
-        return self.bundle.embed_query(inputs)[0]
+        return self.embed_query(inputs)[0]
+
+    def _session_inputs(self, categories: Sequence[str]) -> dict[str, np.ndarray]:
+        """Query-tower inputs of shoppers known only by a session in each of `categories` (zero statistics)."""
+        m = len(categories)
+        inputs = {name: np.asarray([UNKNOWN] * m, dtype=object) for name in self.string_inputs}
+        if n.SESSION_CATEGORY in inputs:
+            inputs[n.SESSION_CATEGORY] = np.asarray(categories, dtype=object)
+        inputs.update({name: np.zeros(m, dtype=np.float32) for name in self.float_inputs})
+        return inputs
+
+    def _query_embedder(self) -> Callable[[dict], np.ndarray]:
+        """The query tower as requests call it: its NumPy pass where that gives the SavedModel's own
+        embeddings on the bundle's golden users and on session-only shoppers of every category
+        (`models.towers.query_embedder`), else the SavedModel (a bundle without golden queries, a tower
+        of another shape, a bundle given without its module)."""
+        from models.towers import query_embedder
+
+        reference = self.bundle.embed_query
+        module = getattr(reference, "module", None)
+        if module is None:
+            return reference
+        golden = golden_inputs(self.bundle.root)
+        probe = None
+        if golden is not None and all(name in golden for name in (*self.string_inputs, *self.float_inputs)):
+            sessions = self._session_inputs([UNKNOWN, *self.catalog.category_names])
+            probe = {name: np.concatenate([np.asarray(golden[name]), sessions[name]])
+                     for name in (*self.string_inputs, *self.float_inputs)}
+        embed = query_embedder(reference, module, self.string_inputs, self.float_inputs, probe)
+        if embed.engine_reason is not None:
+            log.info("bundle %s: the query tower runs in TensorFlow (%s)", self.bundle.root.name,
+                     embed.engine_reason)
+        return embed
 
     def _tower_reads_sessions(self) -> bool:
         """Whether the query tower embeds a shopper it does not know differently by session category.
@@ -617,11 +650,7 @@ class Recommender:
         names = [UNKNOWN, *self.catalog.category_names]
         if n.SESSION_CATEGORY not in self.string_inputs or len(names) < 2:
             return False
-        m = len(names)
-        inputs = {name: np.asarray([UNKNOWN] * m, dtype=object) for name in self.string_inputs}
-        inputs[n.SESSION_CATEGORY] = np.asarray(names, dtype=object)
-        inputs.update({name: np.zeros(m, dtype=np.float32) for name in self.float_inputs})
-        emb = np.asarray(self.bundle.embed_query(inputs), dtype=np.float32)
+        emb = np.asarray(self.embed_query(self._session_inputs(names)), dtype=np.float32)
         reads = bool(np.abs(emb[1:] - emb[:1]).max() > 1e-6)
         if not reads:
             log.info("bundle %s: the query tower embeds every session category alike (no session context in its "

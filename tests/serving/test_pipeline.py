@@ -207,6 +207,25 @@ def test_the_session_context_reaches_the_query_tower(base):
     assert len(spy.calls) == n_calls and "two_tower" not in {i.source for i in anon.items}
 
 
+def test_the_query_tower_runs_in_numpy_with_the_saved_towers_embeddings(base):
+    """Requests embed shoppers with the tower's NumPy pass (models/towers.NumpyQueryTower), checked at start-up
+    on the bundle's golden users and session-only shoppers; it gives the SavedModel's embeddings on real
+    request inputs, and the answers of a pipeline that keeps the SavedModel."""
+    assert base.embed_query.engine == "numpy", base.embed_query.engine_reason
+    users = base.bundle.history["user_id"].astype(str).value_counts().index[:20].tolist()
+    spy = TowerSpy(base.bundle.embed_query)  # no `module`: the pipeline keeps the SavedModel
+    kept = Recommender(dataclasses.replace(base.bundle, embed_query=spy), base.features)
+    assert kept.embed_query is spy
+    sessions = [None, SessionContext(category="cat1", device="mobile"), SessionContext(viewed=["I002"])]
+    for user in [*users, None, "never-seen"]:
+        for session in sessions:
+            assert ids(base.recommend(user, 5, session=session)) == ids(kept.recommend(user, 5, session=session))
+    assert len(spy.calls) >= len(users)  # the comparison ran through the SavedModel
+    for call in spy.calls:
+        x = {k: np.asarray(v, dtype=object if isinstance(v[0], str) else np.float32) for k, v in call.items()}
+        np.testing.assert_allclose(base.embed_query(x), base.bundle.embed_query(x), rtol=1e-5, atol=1e-5)
+
+
 def test_shoppers_known_only_by_their_session_are_served_by_two_tower_from_the_session_embedding(base):
     spy = TowerSpy(category_tower(base))
     rec = Recommender(dataclasses.replace(base.bundle, embed_query=spy), base.features,
