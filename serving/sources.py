@@ -829,7 +829,10 @@ class PopularInCategorySource(Source):
         cats = cats[cats >= 0]
         if len(cats) == 0 or n <= 0:
             return self._none()
-        rows = np.concatenate([self.by_category_[k] for k in cats])
+        # each category's list is best first: its first n + n_excluded rows hold its n best the query allows
+        # (gathering every row of the categories cost ~0.2 ms a request at 1M items)
+        m = n + query.n_excluded
+        rows = np.concatenate([self.by_category_[k][:m] for k in cats])
         return self._top(rows, c.popularity[rows], query, n)
 
 
@@ -839,7 +842,9 @@ class PopularitySource(Source):
     config_class = PopularitySourceConfig
 
     def retrieve(self, query: Query, n: int) -> Candidates:
-        rows = self.catalog_.popular_rows
+        # only the first n + n_excluded can be in the answer: their scores alone are read (the whole list's
+        # gather cost ~0.9 ms at 1M items, 100k best sellers)
+        rows = self.catalog_.popular_rows[:max(n, 0) + query.n_excluded]
         return self._top(rows, self.catalog_.popularity[rows], query, n, presorted=True)
 
 

@@ -271,6 +271,40 @@ def test_popularity_skips_excluded(tiny):
     assert src.retrieve(q(tiny, exclude=["d", "f"]), 3).ids.tolist() == ["a", "b", "c"]
 
 
+def test_popularity_sources_return_what_a_full_scan_returns():
+    """Both read only the head of their best-first lists (n + the number excluded); the answer is the full
+    scan's: every best seller of the categories (or of the shop) the query allows, best first, the first n."""
+    rng = np.random.default_rng(3)
+    n_items, n_cats = 3000, 12
+    ids = [f"P{i:05d}" for i in range(n_items)]
+    cats = [f"c{k}" for k in rng.integers(0, n_cats, n_items)]
+    popular = [ids[i] for i in rng.permutation(n_items)[:2000]]
+    catalog = Catalog(ids, cats, popular, None, None)
+    pop = PopularitySource(PopularitySourceConfig(type="popularity")).bind(catalog)
+    in_cat = PopularInCategorySource(PopularInCategorySourceConfig(type="popular_in_category")).bind(catalog)
+    best_first = catalog.popular_rows
+    heavy = 0
+    for i in range(200):
+        excluded = np.zeros(n_items, dtype=bool)
+        # often the best sellers themselves, so the answer has to reach past the head
+        excluded[best_first[:int(rng.integers(0, 60))]] = True
+        excluded[rng.integers(0, n_items, int(rng.integers(0, 300)))] = True
+        viewed = rng.integers(0, n_items, int(rng.integers(0, 4)))
+        category = int(rng.integers(-1, n_cats))
+        query = Query(None, None, None, np.zeros(0, dtype=np.int64), viewed, category, excluded,
+                      int(excluded.sum()), AS_OF)
+        n = int(rng.choice([1, 7, 50, 400, n_items]))
+        allowed = best_first[~excluded[best_first]]
+        assert pop.retrieve(query, n).column(ROW).tolist() == allowed[:n].tolist()
+        wanted = {int(c) for c in catalog.category_codes[viewed]} | {category}
+        in_wanted = allowed[np.isin(catalog.category_codes[allowed], list(wanted - {-1}))]
+        got = in_cat.retrieve(query, n)
+        assert got.column(ROW).tolist() == in_wanted[:n].tolist(), i
+        np.testing.assert_array_equal(got.scores, catalog.popularity[in_wanted[:n]])
+        heavy += query.n_excluded > n
+    assert heavy > 20  # many queries exclude more rows than they ask for
+
+
 def _retriever(catalog, sources, k=5):
     return Retriever.from_config(parse_config({"retrieval": {"k": k, "sources": sources}}).retrieval, catalog)
 
