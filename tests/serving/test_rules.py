@@ -22,6 +22,7 @@ from cartwise.config import (
     BlockRuleConfig, ConfigError, DiversityConfig, MarginTargetRuleConfig, OutOfStockRuleConfig, PinRuleConfig,
     PromotionRuleConfig, load_config, parse_config,
 )
+from serving import rules as rules_module
 from serving.candidates import Candidates
 from serving.rules import (
     BlockRule, MarginTargetRule, OutOfStockRule, PinRule, PromotionRule, Rule, RuleChain, RuleContext,
@@ -531,3 +532,16 @@ def test_shipped_config_builds_a_chain():
     chain = RuleChain.from_config(cfg.rules, cfg.diversity)
     chain.check_columns(["in_stock", "margin"])
     assert cfg.serving.override_alarm_rate == 0.15 and cfg.serving.override_window == 1000
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, rules_module._SMALL_SET, rules_module._SMALL_SET + 1, 40])
+def test_membership_is_set_membership_for_small_and_large_sets(size):
+    """Item and category tests of the promotion and block rules: compared value by value up to `_SMALL_SET`
+    wanted values, one set lookup per candidate above; both are `value in wanted`, missing categories too."""
+    rng = np.random.default_rng(size)
+    pool = [f"I{i}" for i in range(60)]
+    values = np.array([None if r < 0.1 else pool[int(r * 600) % 60] for r in rng.random(500)], dtype=object)
+    wanted = frozenset(rng.choice(pool, size, replace=False).tolist()) if size else frozenset()
+    got = rules_module._member(values, wanted)
+    assert got.dtype == bool and got.tolist() == [v in wanted for v in values.tolist()]
+    assert size == 0 or got.any()
