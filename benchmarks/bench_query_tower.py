@@ -9,7 +9,8 @@ Both are called as serving calls them (`serving.pipeline.Recommender._embed`): o
 tower's inputs per call, here the bundle's golden users (real features as of the export). `tensorflow`
 is the bundle's `embed_query` (`cartwise.bundle.load_tower`: the saved signature's concrete function);
 `numpy` is what `models.towers.query_embedder` returns when its NumPy pass gives the SavedModel's own
-embeddings on the probe (the golden users, as serving checks it). Timing: in each round every method
+embeddings on the probe (here the golden users; serving also checks them in sessions and session-only
+shoppers, `serving.pipeline.Recommender._query_embedder`). Timing: in each round every method
 runs over all golden users in turn, in a new random order of the methods per round (same machine load);
 p50 per method over all rounds, and the ratio of the two p50s. The machine is shared: compare the
 columns of one run, not runs.

@@ -23,7 +23,7 @@ TOLERANCE = 1e-4
 
 
 def checked(reference: Callable[[Any], np.ndarray], build: Callable[[], Callable[[Any], np.ndarray]],
-            probe: Any | None) -> Callable[[Any], np.ndarray]:
+            probe: Any | None, unavailable: str | None = None) -> Callable[[Any], np.ndarray]:
     """`build()`'s NumPy pass when it gives `reference`'s outputs on `probe`, else `reference`.
 
     The returned function has `engine` ("numpy" / "tensorflow") and `engine_reason` (why TensorFlow was kept;
@@ -31,15 +31,20 @@ def checked(reference: Callable[[Any], np.ndarray], build: Callable[[], Callable
 
     Args:
         reference: the SavedModel's own function (inputs -> float array).
-        build: makes the NumPy pass from the SavedModel's variables; ValueError, TypeError, KeyError or
-            AttributeError (a tower without the expected parts) keep `reference`.
+        build: makes the NumPy pass from the SavedModel's variables; any exception it or the pass raises (a
+            tower without the expected parts, a lookup table of another kind) keeps `reference`: the NumPy
+            pass is an optimisation, never a reason to refuse a model TensorFlow serves.
         probe: inputs like those that will be passed (serving passes catalog items' feature rows to the
             ranker, the golden users' inputs and session contexts to the query tower); None: nothing to check
             the NumPy pass on, `reference` is kept. Inputs far outside the training range make any comparison
             pass (standardised near-constant features blow up), hence the bound on the outputs' size.
+        unavailable: why no NumPy pass can be made (e.g. no SavedModel behind `reference`): `reference` is
+            kept with this reason, nothing is called.
     """
     fn, reason = reference, None
-    if probe is None:
+    if unavailable is not None:
+        reason = unavailable
+    elif probe is None:
         reason = "no probe inputs to check the NumPy pass on"
     else:
         expected = np.asarray(reference(probe))
@@ -56,7 +61,7 @@ def checked(reference: Callable[[Any], np.ndarray], build: Callable[[], Callable
                           f"{float(np.max(np.abs(got - expected))):.3g}")
             else:
                 fn = candidate
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
+        except Exception as e:  # noqa: BLE001  (see `build`)
             reason = f"{type(e).__name__}: {e}"
 
     def call(inputs: Any) -> np.ndarray:

@@ -201,8 +201,12 @@ class NumpyQueryTower:
         if len(matrix) != 1 or matrix[0].ndim != 2:
             raise ValueError(f"embedding layer with {len(matrix)} variables")
         vocab = {k.decode(): int(r) for k, r in zip(keys.numpy().tolist(), rows.numpy().tolist())}
-        if vocab and not 0 < min(vocab.values()) <= max(vocab.values()) < len(matrix[0]):
-            raise ValueError("vocabulary rows outside the embedding matrix")
+        # one OOV row (0) and the vocabulary in rows 1..V, as `_vocab`'s StringLookup builds it; with more OOV
+        # rows TensorFlow hashes unseen values across them, which this pass does not
+        if sorted(vocab.values()) != list(range(1, len(vocab) + 1)) or len(matrix[0]) != len(vocab) + 1:
+            raise ValueError(f"lookup of {len(vocab)} values into rows {min(vocab.values(), default=None)}.."
+                             f"{max(vocab.values(), default=None)} of an embedding of {len(matrix[0])} rows: "
+                             "not one OOV row and the vocabulary after it")
         return vocab, matrix[0].astype(np.float32)
 
     @staticmethod
@@ -260,7 +264,7 @@ def query_embedder(reference: Callable[[Mapping[str, object]], np.ndarray], modu
 
     Args:
         reference: the SavedModel's `embed` as loaded (`cartwise.bundle.load_tower`).
-        module: the loaded SavedModel behind `reference`.
+        module: the loaded SavedModel behind `reference` (None: `reference` is kept, nothing is called).
         strings: string inputs in the tower's order (the id first).
         floats: float inputs in the tower's order.
         probe: inputs like those serving passes (known users' features, session contexts); None keeps
@@ -269,7 +273,8 @@ def query_embedder(reference: Callable[[Mapping[str, object]], np.ndarray], modu
     Returns:
         inputs -> float32 [B, D], with `engine` and `engine_reason` (see `checked`).
     """
-    return checked(reference, lambda: NumpyQueryTower(module, strings, floats), probe)
+    return checked(reference, lambda: NumpyQueryTower(module, strings, floats), probe,
+                   unavailable=None if module is not None else "no SavedModel behind the query tower's function")
 
 
 class CandidateTower(tf.keras.Model):

@@ -415,6 +415,11 @@ def _unknown_warning(where: str, ids: Sequence[str]) -> str:
     return f"{where}: ignored {len(uniq)} unknown item id{'s' if len(uniq) > 1 else ''}: {shown}"
 
 
+#: session devices in the probe of the query tower's NumPy pass (besides "unknown"): the values a shop's
+#: requests most likely carry; a tower that knows others has them read from the same lookup table
+PROBE_DEVICES = ("mobile", "desktop", "tablet", "app")
+
+
 class Recommender:
     """Answers "what should this shopper see now" from one bundle: the whole serving pipeline, built once.
 
@@ -616,25 +621,40 @@ class Recommender:
 
     def _query_embedder(self) -> Callable[[dict], np.ndarray]:
         """The query tower as requests call it: its NumPy pass where that gives the SavedModel's own
-        embeddings on the bundle's golden users and on session-only shoppers of every category
-        (`models.towers.query_embedder`), else the SavedModel (a bundle without golden queries, a tower
-        of another shape, a bundle given without its module)."""
+        embeddings on the probe (`models.towers.query_embedder`), else the SavedModel (a bundle without
+        golden queries, a tower of another shape, a function given without its module).
+
+        The probe: the bundle's golden users (real features, no session), the same users each in a session
+        of a catalog category on a device of :data:`PROBE_DEVICES`, and session-only shoppers of every
+        category on every such device.
+        """
         from models.towers import query_embedder
 
         reference = self.bundle.embed_query
         module = getattr(reference, "module", None)
-        if module is None:
-            return reference
-        golden = golden_inputs(self.bundle.root)
+        golden = golden_inputs(self.bundle.root) if module is not None else None
         probe = None
-        if golden is not None and all(name in golden for name in (*self.string_inputs, *self.float_inputs)):
-            sessions = self._session_inputs([UNKNOWN, *self.catalog.category_names])
-            probe = {name: np.concatenate([np.asarray(golden[name]), sessions[name]])
-                     for name in (*self.string_inputs, *self.float_inputs)}
+        names = (*self.string_inputs, *self.float_inputs)
+        if golden is not None and all(name in golden for name in names):
+            cats = [UNKNOWN, *self.catalog.category_names]
+            devices = [UNKNOWN, *PROBE_DEVICES]
+            pairs = [(c, d) for c in cats for d in devices]
+            sessions = self._session_inputs([c for c, _ in pairs])
+            if n.SESSION_DEVICE in sessions:
+                sessions[n.SESSION_DEVICE] = np.asarray([d for _, d in pairs], dtype=object)
+            in_session = {name: np.asarray(values).copy() for name, values in golden.items()}
+            rows = len(in_session[self.string_inputs[0]])
+            for name, values in ((n.SESSION_CATEGORY, cats), (n.SESSION_DEVICE, devices)):
+                if name in in_session:
+                    in_session[name] = np.asarray([values[i % len(values)] for i in range(rows)], dtype=object)
+            probe = {name: np.concatenate([np.asarray(golden[name]), in_session[name], sessions[name]])
+                     for name in names}
         embed = query_embedder(reference, module, self.string_inputs, self.float_inputs, probe)
         if embed.engine_reason is not None:
-            log.info("bundle %s: the query tower runs in TensorFlow (%s)", self.bundle.root.name,
-                     embed.engine_reason)
+            # a pass that was checked and rejected is code drift worth seeing; no probe or module is expected
+            level = logging.WARNING if probe is not None else logging.INFO
+            log.log(level, "bundle %s: the query tower runs in TensorFlow (%s)", self.bundle.root.name,
+                    embed.engine_reason)
         return embed
 
     def _tower_reads_sessions(self) -> bool:

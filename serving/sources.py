@@ -284,7 +284,8 @@ class Catalog:
         self.category_code_of = {c: i for i, c in enumerate(self.category_names)}
         self.category_codes = np.fromiter((self.category_code_of.get(c, -1) for c in cats.tolist()),
                                           dtype=np.int64, count=len(cats))
-        pop_rows = [self.row_of[i] for i in popular if i in self.row_of]
+        # an item listed twice keeps its best rank (the popularity sources read best-first lists)
+        pop_rows = list(dict.fromkeys(self.row_of[i] for i in popular if i in self.row_of))
         self.popular_rows = np.asarray(pop_rows, dtype=np.int64)
         self.popularity = np.zeros(len(self.item_ids))
         self.popularity[self.popular_rows] = 1.0 / (1.0 + np.arange(len(pop_rows)))
@@ -418,7 +419,7 @@ class Source(ABC):
             keep = ~query.excluded.contains(rows)
             rows, scores = rows[keep], scores[keep]
         if presorted:
-            rows, scores = rows[:n], scores[:n]
+            rows, scores = rows[:max(n, 0)], scores[:max(n, 0)]
         else:
             best = _best(rows, scores, n)
             rows, scores = rows[best], scores[best]
@@ -831,7 +832,7 @@ class PopularInCategorySource(Source):
             return self._none()
         # each category's list is best first: its first n + n_excluded rows hold its n best the query allows
         # (gathering every row of the categories cost ~0.2 ms a request at 1M items)
-        m = n + query.n_excluded
+        m = max(n, 0) + query.n_excluded
         rows = np.concatenate([self.by_category_[k][:m] for k in cats])
         return self._top(rows, c.popularity[rows], query, n)
 

@@ -110,3 +110,44 @@ def test_without_a_probe_or_with_a_tower_of_another_shape_tensorflow_is_kept(tmp
     assert served.engine == "tensorflow" and "feature MLP takes" in served.engine_reason
     with pytest.raises(ValueError, match="expected layers"):
         NumpyQueryTower(embed.module, [*STRINGS, "session_weather"], FLOATS)
+
+
+@pytest.mark.parametrize("floats, context", [([], True), (FLOATS, False)])
+def test_towers_with_context_only_or_numbers_only_run_in_numpy(tmp_path, floats, context):
+    strings = STRINGS if context else ["user_id"]
+    embed = saved(tmp_path, tower(floats=floats, context=context), strings=strings, floats=floats)
+    x = inputs(80, 4, floats=floats, strings=strings)
+    served = query_embedder(embed, embed.module, strings, floats, x)
+    assert served.engine == "numpy", served.engine_reason
+    np.testing.assert_allclose(served(x), embed(x), rtol=1e-5, atol=1e-5)
+    empty = {k: v[:0] for k, v in x.items()}  # a batch of none
+    assert served(empty).shape == embed(empty).shape == (0, D)
+
+
+def test_a_lookup_with_more_than_one_oov_row_keeps_tensorflow(tmp_path):
+    """TensorFlow hashes unseen values across several OOV rows; the NumPy pass knows one, so it is refused
+    whatever the probe shows."""
+
+    class TwoOov(QueryTower):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.id_path.lookup = tf.keras.layers.StringLookup(vocabulary=USERS, num_oov_indices=2,
+                                                               mask_token=None)
+            self.id_path.embedding = tf.keras.layers.Embedding(len(USERS) + 2, D)
+
+    embed = saved(tmp_path, tower(TwoOov))
+    served = query_embedder(embed, embed.module, STRINGS, FLOATS, inputs(100, 1))
+    assert served.engine == "tensorflow" and "one OOV row" in served.engine_reason
+
+
+def test_no_module_keeps_the_function_without_calling_it():
+    calls = []
+
+    def fake(x):
+        calls.append(x)
+        return np.zeros((1, D), np.float32)
+
+    served = query_embedder(fake, None, STRINGS, FLOATS, inputs(10, 1))
+    assert served.engine == "tensorflow" and "no SavedModel" in served.engine_reason and not calls
+    served(inputs(1, 2))
+    assert len(calls) == 1

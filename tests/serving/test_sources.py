@@ -302,7 +302,17 @@ def test_popularity_sources_return_what_a_full_scan_returns():
         assert got.column(ROW).tolist() == in_wanted[:n].tolist(), i
         np.testing.assert_array_equal(got.scores, catalog.popularity[in_wanted[:n]])
         heavy += query.n_excluded > n
+        for none in (0, -3):  # nothing asked, nothing answered
+            assert len(pop.retrieve(query, none)) == len(in_cat.retrieve(query, none)) == 0
     assert heavy > 20  # many queries exclude more rows than they ask for
+    # an item listed twice among the best sellers keeps its best rank, once
+    twice = Catalog(ids[:3], ["c0"] * 3, [ids[2], ids[0], ids[2], ids[1]], None, None)
+    assert twice.popular_rows.tolist() == [2, 0, 1] and twice.popularity.tolist() == [0.5, 1 / 3, 1.0]
+    one = Query(None, None, None, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0,
+                np.zeros(3, dtype=bool), 0, AS_OF)
+    for src in (PopularitySource(PopularitySourceConfig(type="popularity")),
+                PopularInCategorySource(PopularInCategorySourceConfig(type="popular_in_category"))):
+        assert src.bind(twice).retrieve(one, 2).ids.tolist() == [ids[2], ids[0]]
 
 
 def _retriever(catalog, sources, k=5):
