@@ -24,7 +24,8 @@ from feature_repo import names as n
 COUNT_FEATURES = (n.USER_PURCHASE_COUNT, n.USER_ORDER_COUNT, n.USER_DISTINCT_ITEMS, n.USER_DAYS_ACTIVE,
                   n.ITEM_PURCHASE_COUNT, n.ITEM_BUYER_COUNT)
 MONEY_FEATURES = (n.USER_REVENUE, n.USER_AVG_ORDER_VALUE, n.ITEM_REVENUE, n.PRICE)
-#: shares: between 0 and 1
+#: shares: between 0 and 1. Not `item_conversion_30d`: purchases per view (smoothed), above 1 where purchases
+#: come without logged views (up to 12.8 on Online Retail, which logs none); it is checked non-negative only
 RATE_FEATURES = (n.ITEM_REPEAT_RATE,)
 
 
@@ -177,6 +178,8 @@ FEATURE_TABLES = {
     n.USER_STATS_VIEW: ((n.USER_ID, n.EVENT_TIMESTAMP, *n.USER_FEATURES), n.USER_FEATURES),
     n.ITEM_STATS_VIEW: ((n.ITEM_ID, n.EVENT_TIMESTAMP, *n.ITEM_FEATURES), n.ITEM_FEATURES),
     n.ITEM_CONTENT_VIEW: ((n.ITEM_ID, n.EVENT_TIMESTAMP, n.CATEGORY, n.PRICE), (n.PRICE,)),
+    n.USER_WINDOWS_VIEW: ((n.USER_ID, n.EVENT_TIMESTAMP, *n.USER_WINDOW_FEATURES), n.USER_WINDOW_FEATURES),
+    n.ITEM_WINDOWS_VIEW: ((n.ITEM_ID, n.EVENT_TIMESTAMP, *n.ITEM_WINDOW_FEATURES), n.ITEM_WINDOW_FEATURES),
 }
 
 
@@ -185,13 +188,13 @@ def feature_table_suite(table: str, *, min_rows: int = 1) -> gx.ExpectationSuite
 
     Args:
         table: a key of :data:`FEATURE_TABLES` (`user_purchase_stats`,
-            `item_purchase_stats`, `item_content`).
+            `item_purchase_stats`, `item_content`, `user_purchase_windows`, `item_activity_windows`).
         min_rows: fewest rows.
 
     Returns:
         Schema (required columns exist), keys and features not null, counts,
-        money and prices non-negative, rates (:data:`RATE_FEATURES`) at most 1,
-        row count.
+        money, prices and windowed activity non-negative, rates (:data:`RATE_FEATURES`)
+        at most 1, row count.
     """
     ephemeral_context()
     e = gx.expectations
