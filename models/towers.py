@@ -156,8 +156,9 @@ class NumpyQueryTower:
     """The saved :class:`QueryTower`'s forward pass in NumPy float32, from the SavedModel's own variables and tables.
 
     Serving embeds one shopper per request, where TensorFlow's per-call dispatch costs more than the
-    arithmetic: p50 0.30 ms a call through the saved signature's concrete function, 0.04 ms in NumPy (the
-    demo bundle's tower, one row, this 2-core machine, 2026-11-28; `benchmarks/bench_query_tower.py`).
+    arithmetic: p50 0.28 ms a call through the saved signature's concrete function, 0.02 ms in NumPy (the
+    demo bundle's tower on its golden users, one row a call, this 2-core machine, 2026-11-28 02:05 UTC;
+    `benchmarks/bench_query_tower.py`).
     The vocabularies are read from the lookup tables (`LookupTableExportV2`; the restored layers keep no
     vocabulary list), the embeddings and the feature MLP's kernels and biases from the variables; what the
     SavedModel does not store (the input order, the activations, how the paths add up) is taken from the

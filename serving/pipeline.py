@@ -418,6 +418,8 @@ def _unknown_warning(where: str, ids: Sequence[str]) -> str:
 #: session devices in the probe of the query tower's NumPy pass (besides "unknown"): the values a shop's
 #: requests most likely carry; a tower that knows others has them read from the same lookup table
 PROBE_DEVICES = ("mobile", "desktop", "tablet", "app")
+#: at most this many catalog categories (evenly spread) in that probe: every value goes through one table
+PROBE_CATEGORIES = 200
 
 
 class Recommender:
@@ -626,7 +628,7 @@ class Recommender:
 
         The probe: the bundle's golden users (real features, no session), the same users each in a session
         of a catalog category on a device of :data:`PROBE_DEVICES`, and session-only shoppers of every
-        category on every such device.
+        category (at most :data:`PROBE_CATEGORIES`, evenly spread) on every such device.
         """
         from models.towers import query_embedder
 
@@ -636,7 +638,8 @@ class Recommender:
         probe = None
         names = (*self.string_inputs, *self.float_inputs)
         if golden is not None and all(name in golden for name in names):
-            cats = [UNKNOWN, *self.catalog.category_names]
+            every = self.catalog.category_names
+            cats = [UNKNOWN, *every[::max(1, -(-len(every) // PROBE_CATEGORIES))]]
             devices = [UNKNOWN, *PROBE_DEVICES]
             pairs = [(c, d) for c in cats for d in devices]
             sessions = self._session_inputs([c for c, _ in pairs])
