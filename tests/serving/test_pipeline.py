@@ -226,6 +226,27 @@ def test_the_query_tower_runs_in_numpy_with_the_saved_towers_embeddings(base):
         np.testing.assert_allclose(base.embed_query(x), base.bundle.embed_query(x), rtol=1e-5, atol=1e-5)
 
 
+def test_the_query_towers_probe_is_capped_in_categories(base, monkeypatch):
+    """A catalog of many categories probes an evenly spread few of them (each goes through the same table)."""
+    import serving.pipeline as pipeline
+
+    seen = []
+    reference = base.bundle.embed_query
+
+    def recording(inputs):
+        seen.append(inputs)
+        return reference(inputs)
+
+    recording.module = reference.module
+    monkeypatch.setattr(pipeline, "PROBE_CATEGORIES", 2)
+    rec = Recommender(dataclasses.replace(base.bundle, embed_query=recording), base.features)
+    assert rec.embed_query.engine == "numpy", rec.embed_query.engine_reason
+    probe = seen[0]
+    categories = set(probe["session_category"].tolist()) - {"unknown"}
+    assert len(base.catalog.category_names) > 2 and 0 < len(categories) <= 2
+    assert set(probe["session_device"].tolist()) == {"unknown", *pipeline.PROBE_DEVICES}
+
+
 def test_shoppers_known_only_by_their_session_are_served_by_two_tower_from_the_session_embedding(base):
     spy = TowerSpy(category_tower(base))
     rec = Recommender(dataclasses.replace(base.bundle, embed_query=spy), base.features,
