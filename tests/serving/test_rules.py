@@ -545,3 +545,70 @@ def test_membership_is_set_membership_for_small_and_large_sets(size):
     got = rules_module._member(values, wanted)
     assert got.dtype == bool and got.tolist() == [v in wanted for v in values.tolist()]
     assert size == 0 or got.any()
+
+
+def _place_pins_reference(candidates: Candidates, pins):
+    """place_pins as it was written first, one Python step per candidate: the oracle of the NumPy version."""
+    if not pins:
+        return candidates, []
+    index: dict[str, int] = {}
+    for i, item in enumerate(candidates.ids.tolist()):
+        index.setdefault(item, i)
+    present = sorted((pos - 1, index[item]) for item, pos in pins if item in index)
+    if not present:
+        return candidates, [None] * len(pins)
+    m = len(candidates)
+    order = [-1] * m
+    over: list[int] = []
+    for p, i in present:
+        if p < m and order[p] < 0:
+            order[p] = i
+        else:
+            over.append(i)
+    free = [j for j in range(m) if order[j] < 0]
+    for j, i in zip(free[len(free) - len(over):], over):
+        order[j] = i
+    pinned = {i for _, i in present}
+    rest = (i for i in range(m) if i not in pinned)
+    order = [i if i >= 0 else next(rest) for i in order]
+    new_at = {i: j for j, i in enumerate(order) if i in pinned}
+    moves = [(index[item], new_at[index[item]]) if item in index else None for item, _ in pins]
+    if all(m is None or m[0] == m[1] for m in moves):
+        return candidates, moves
+    return candidates.take(np.asarray(order, dtype=np.intp)), moves
+
+
+@settings(max_examples=300, deadline=None)
+@given(m=st.integers(0, 40), data=st.data())
+def test_place_pins_answers_what_the_loop_answered(m, data):
+    """Few pins (compared in NumPy) and many (a dict over the ids); positions past the end, repeated
+    positions and items that are no candidate included."""
+    ids = [f"i{j}" for j in range(m)]
+    c = Candidates.from_lists(ids, list(range(m, 0, -1)))
+    pool = ids + ["ghost1", "ghost2"]
+    n_pins = data.draw(st.sampled_from([0, 1, 2, 3, 5, rules_module._SMALL_SET + 4]))
+    items = data.draw(st.lists(st.sampled_from(pool), min_size=n_pins, max_size=n_pins, unique=True)
+                      if n_pins <= len(pool) else st.just(pool))
+    pins = [(item, data.draw(st.integers(1, m + 3))) for item in items]
+    got, got_moves = place_pins(c, pins)
+    want, want_moves = _place_pins_reference(c, pins)
+    assert got_moves == want_moves
+    assert got.ids.tolist() == want.ids.tolist() and (got is c) == (want is c)
+
+
+@pytest.mark.parametrize("n_listed", [1, 3, rules_module._SMALL_SET, rules_module._SMALL_SET + 5])
+def test_margin_multipliers_are_the_listed_categorys(n_listed):
+    """Compared per listed category up to `_SMALL_SET` of them, looked up per candidate above: either way each
+    candidate's score is boosted by its own category's multiplier (1 for an unlisted or missing one)."""
+    rng = np.random.default_rng(n_listed)
+    names = [f"cat{j}" for j in range(40)]
+    listed = {names[j]: float(rng.uniform(0.5, 3.0)) for j in rng.choice(40, n_listed, replace=False)}
+    cats = [None if r < 0.1 else names[int(r * 400) % 40] for r in rng.random(300)]
+    scores = rng.uniform(-1.0, 5.0, 300)
+    c = Candidates.from_lists([f"i{j}" for j in range(300)], scores.tolist(), categories=cats)
+    out = MarginTargetRule(MarginTargetRuleConfig(type="margin_target", categories=listed))(c, RuleContext(T0))
+    multiplier = np.array([listed.get(x, 1.0) if isinstance(x, str) else 1.0 for x in cats])
+    want = np.where(scores >= 0, scores * multiplier, scores / multiplier)
+    got = dict(zip(out.ids.tolist(), out.scores.tolist()))
+    np.testing.assert_allclose([got[f"i{j}"] for j in range(300)], want, rtol=1e-12)
+    assert (multiplier != 1.0).any()
