@@ -217,3 +217,34 @@ def test_string_entity_keys_are_the_bytes_feast_serializes(join_keys, rows):
     expected = [serialize_entity_key(EntityKey(join_keys=join_keys, entity_values=[Value(string_val=v) for v in r]),
                                      entity_key_serialization_version=3) for r in rows]
     assert string_entity_keys(join_keys, rows) == expected
+
+
+def test_direct_sqlite_reads_answer_what_the_sdk_answers(store):
+    """On the repo's SQLite store the reader skips the SDK (rows by serialized key); values, event times and
+    what is stale are the SDK's. On Redis it keeps the SDK."""
+    fs, events, _ = store
+    fs.materialize(start_date=dt.datetime(2010, 12, 1, tzinfo=dt.timezone.utc),
+                   end_date=dt.datetime(2012, 1, 1, tzinfo=dt.timezone.utc))
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    push_session_state(fs, [_session_row("fresh", now - pd.Timedelta(minutes=5), "cat1"),
+                            _session_row("old", now - pd.Timedelta(hours=2), "cat2")])
+    users = sorted(events[n.USER_ID].dropna().astype(str).unique())
+    refs = [*PARITY_REFS, f"{n.USER_PROFILE_VIEW}:{n.USER_PREFERRED_DEVICE}",
+            f"{n.USER_WINDOWS_VIEW}:user_revenue_7d"]
+    cases = [(OnlineFeatureReader(fs, refs, {n.USER_WINDOWS_VIEW: dt.timedelta(days=30)}),
+              [{n.USER_ID: u} for u in [*users, "nobody", ""]]),
+             (session_reader(fs), [{n.SESSION_ID: s} for s in ("fresh", "old", "never")])]
+    sqlite = fs.config.online_store.type != "redis"
+    answers = []
+    for reader, rows in cases:
+        assert (reader._direct is not None) == sqlite
+        got = reader.read(rows, now.to_pydatetime())
+        reader._direct = None  # the SDK's path, on the same reader
+        want = reader.read(rows, now.to_pydatetime())
+        assert got.rows == want.rows and got.stale == want.stale
+        assert any(v is not None for row in got.rows for v in row.values())
+        answers.append(got)
+    users_read, sessions_read = answers
+    assert any(f.startswith(n.USER_WINDOWS_VIEW) for f in users_read.stale)  # 2011 windows, 30 days' max age
+    assert users_read.rows[-1] == {f.split(":")[1]: None for f in refs}  # no such user
+    assert sessions_read.rows[0][n.SESSION_VIEWED] == ["I001"]  # lists come back as lists
