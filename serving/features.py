@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,6 +46,8 @@ from typing import Any, Callable, Iterable, Sequence
 from feast import FeatureStore
 
 from feature_repo import names as n
+
+log = logging.getLogger(__name__)
 
 TS_SUFFIX = "__ts"
 #: redis-py socket timeouts (seconds) of the serving reads, appended to a Redis `connection_string` that does
@@ -137,14 +141,23 @@ class OnlineFeatureReader:
             OnlineStoreUnavailable: the store raised.
         """
         now = now or dt.datetime.now(dt.timezone.utc)
-        direct = self._direct is not None and all(
-            isinstance(row.get(k), str) for row in entity_rows for k in self._join_keys)
-        try:
-            resp = (self._read_direct(entity_rows) if direct else
-                    self.store.get_online_features(features=self.refs, entity_rows=entity_rows,
-                                                   full_feature_names=True).to_dict(include_event_timestamps=True))
-        except Exception as exc:  # any store failure is a fallback, never a 5xx
-            raise OnlineStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        resp = None
+        if self._direct is not None and all(isinstance(row.get(k), str) for row in entity_rows
+                                            for k in self._join_keys):
+            try:
+                resp = self._read_direct(entity_rows)
+            except (sqlite3.Error, OSError) as exc:  # the store failed: a fallback, never a 5xx
+                raise OnlineStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001  our reading code, not the store: the SDK from now on
+                log.warning("direct online read failed (%s: %s); reading through Feast's SDK from now on",
+                            type(exc).__name__, exc)
+                self._direct = None
+        if resp is None:
+            try:
+                resp = self.store.get_online_features(features=self.refs, entity_rows=entity_rows,
+                                                      full_feature_names=True).to_dict(include_event_timestamps=True)
+            except Exception as exc:  # any store failure is a fallback, never a 5xx
+                raise OnlineStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         out = OnlineRead(rows=[{} for _ in entity_rows])
         now_s = now.timestamp()
         for view, feat in self.pairs:

@@ -457,7 +457,7 @@ class Recommender:
         # per bundle, so a hot-swapped bundle answers with its own catalog's titles and categories
         items = bundle.items.set_index("item_id")
         self.titles = items["title"].astype(object).where(items["title"].notna(), None).to_dict()
-        self.categories = items["category"].astype(object).to_dict()
+        self.categories = items["category"].astype(object).where(items["category"].notna(), None).to_dict()
         #: the ranker given by the caller (kept across hot swaps); None: the bundle's own, or retrieval scores
         self.given_ranker = ranker
         if ranker is None:

@@ -221,14 +221,15 @@ class MarginTargetRule(Rule):
     def __call__(self, candidates: Candidates, context: RuleContext) -> Candidates:
         f = np.ones(len(candidates))
         if self.config.categories:
-            cats = candidates.categories
-            if len(self.config.categories) <= _SMALL_SET:  # a comparison per listed category, in C
-                for c, multiplier in self.config.categories.items():
-                    f[np.asarray(cats == c, dtype=bool)] *= multiplier
+            listed = self.config.categories
+            hit = {c: _member(candidates.categories, frozenset((c,))) for c in listed} \
+                if len(listed) <= _SMALL_SET else None  # a comparison per listed category, in C
+            if hit is not None:
+                for c, multiplier in listed.items():
+                    f[hit[c]] *= multiplier
             else:
-                get = self.config.categories.get
-                f *= np.fromiter((get(c, 1.0) if isinstance(c, str) else 1.0 for c in cats.tolist()),
-                                 dtype=np.float64, count=len(candidates))
+                f *= np.fromiter((listed.get(c, 1.0) if isinstance(c, str) else 1.0
+                                  for c in candidates.categories.tolist()), dtype=np.float64, count=len(candidates))
         if self.config.margin_weight > 0:
             m = np.nan_to_num(np.asarray(candidates.column(n.MARGIN), dtype=np.float64), nan=0.0)
             f *= np.exp(self.config.margin_weight * m)
@@ -281,9 +282,16 @@ def place_pins(candidates: Candidates, pins: Sequence[tuple[str, int]]
     Returns:
         The reordered candidates (itself when nothing moves) and, per pin,
         (old, new) 0-based index of its item, or None when it is not a candidate.
+
+    Raises:
+        ValueError: an item pinned more than once (`RuleChain` refuses such pins when it is built).
     """
     if not pins:
         return candidates, []
+    if len({item for item, _ in pins}) != len(pins):  # RuleChain refuses such pins when built
+        seen: set[str] = set()
+        twice = sorted({item for item, _ in pins if item in seen or seen.add(item)})
+        raise ValueError(f"place_pins: items pinned more than once: {twice}")
     ids = candidates.ids
     index: dict[str, int] = {}  # each pinned item's first place among the candidates
     if len(pins) <= _SMALL_SET:  # a comparison per pinned item, in C (the loop over ids cost ~0.1 ms at 500)

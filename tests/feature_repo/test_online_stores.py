@@ -242,9 +242,41 @@ def test_direct_sqlite_reads_answer_what_the_sdk_answers(store):
         reader._direct = None  # the SDK's path, on the same reader
         want = reader.read(rows, now.to_pydatetime())
         assert got.rows == want.rows and got.stale == want.stale
+        assert [[type(v) for v in row.values()] for row in got.rows] == \
+            [[type(v) for v in row.values()] for row in want.rows]  # 1 == 1.0 == True: the types too
         assert any(v is not None for row in got.rows for v in row.values())
         answers.append(got)
     users_read, sessions_read = answers
     assert any(f.startswith(n.USER_WINDOWS_VIEW) for f in users_read.stale)  # 2011 windows, 30 days' max age
     assert users_read.rows[-1] == {f.split(":")[1]: None for f in refs}  # no such user
     assert sessions_read.rows[0][n.SESSION_VIEWED] == ["I001"]  # lists come back as lists
+
+
+def test_a_failing_direct_read_is_the_store_or_falls_back_to_the_sdk(tmp_path, monkeypatch):
+    """The SQLite store failing is a store outage (the caller's fallback); a bug in the direct read is not:
+    that read and every later one go through the SDK."""
+    import sqlite3
+
+    from serving.features import OnlineStoreUnavailable
+
+    fs, events, _ = shop_repo(tmp_path, None, n_users=10, n_items=8, purchases_per_user=4)
+    fs.materialize(start_date=dt.datetime(2010, 12, 1, tzinfo=dt.timezone.utc),
+                   end_date=dt.datetime(2012, 1, 1, tzinfo=dt.timezone.utc))
+    user = str(events[n.USER_ID].dropna().iloc[0])
+    reader = OnlineFeatureReader(fs, PARITY_REFS)
+    want = reader.read([{n.USER_ID: user}]).rows
+    assert reader._direct is not None and want[0][n.USER_PURCHASE_COUNT] is not None
+
+    def locked(rows):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(reader, "_read_direct", locked)
+    with pytest.raises(OnlineStoreUnavailable, match="database is locked"):
+        reader.read([{n.USER_ID: user}])
+    assert reader._direct is not None
+
+    def buggy(rows):
+        raise KeyError("a bug of ours")
+
+    monkeypatch.setattr(reader, "_read_direct", buggy)
+    assert reader.read([{n.USER_ID: user}]).rows == want and reader._direct is None

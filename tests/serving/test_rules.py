@@ -12,6 +12,7 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -603,7 +604,8 @@ def test_margin_multipliers_are_the_listed_categorys(n_listed):
     rng = np.random.default_rng(n_listed)
     names = [f"cat{j}" for j in range(40)]
     listed = {names[j]: float(rng.uniform(0.5, 3.0)) for j in rng.choice(40, n_listed, replace=False)}
-    cats = [None if r < 0.1 else names[int(r * 400) % 40] for r in rng.random(300)]
+    cats = [None if r < 0.05 else pd.NA if r < 0.08 else float("nan") if r < 0.1 else names[int(r * 400) % 40]
+            for r in rng.random(300)]  # missing categories of every kind a frame can hold
     scores = rng.uniform(-1.0, 5.0, 300)
     c = Candidates.from_lists([f"i{j}" for j in range(300)], scores.tolist(), categories=cats)
     out = MarginTargetRule(MarginTargetRuleConfig(type="margin_target", categories=listed))(c, RuleContext(T0))
@@ -612,3 +614,9 @@ def test_margin_multipliers_are_the_listed_categorys(n_listed):
     got = dict(zip(out.ids.tolist(), out.scores.tolist()))
     np.testing.assert_allclose([got[f"i{j}"] for j in range(300)], want, rtol=1e-12)
     assert (multiplier != 1.0).any()
+
+
+def test_an_item_pinned_twice_is_refused_by_name():
+    c = Candidates.from_lists(list("abc"), [3, 2, 1])
+    with pytest.raises(ValueError, match=r"pinned more than once: \['a'\]"):
+        place_pins(c, [("a", 1), ("b", 3), ("a", 2)])
