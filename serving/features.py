@@ -100,7 +100,29 @@ class OnlineFeatureReader:
         self._direct = self._direct_views()
 
     def _read_direct(self, entity_rows: list[dict]) -> dict[str, list]:
-        return _direct_response(self, entity_rows)
+        """What `get_online_features(...).to_dict(include_event_timestamps=True)` answers, read by serialized
+        key: `view__feature` -> values and `view__feature__ts` -> unix seconds (0 where there is no row)."""
+        from feast.type_map import feast_value_type_to_python_type
+
+        from feature_repo.online_stores import string_entity_keys
+
+        resp: dict[str, list] = {}
+        wanted: dict[str, list[str]] = {}
+        for view, feat in self.pairs:
+            wanted.setdefault(view, []).append(feat)
+        for view, feats in wanted.items():
+            fv = self._direct[view]
+            keys = string_entity_keys(fv.join_keys, [[row[k] for k in fv.join_keys] for row in entity_rows])
+            got = self._online.read_serialized(self.store.config, fv, keys)
+            for feat in feats:
+                values, stamps = [], []
+                for ts, row in got:
+                    v = row.get(feat) if row is not None else None
+                    values.append(None if v is None else feast_value_type_to_python_type(v))
+                    stamps.append(int(ts.timestamp()) if ts is not None and row is not None else 0)
+                resp[f"{view}__{feat}"] = values
+                resp[f"{view}__{feat}{TS_SUFFIX}"] = stamps
+        return resp
 
     def _direct_views(self) -> dict[str, Any] | None:
         """{view: FeatureView} when every view can be read as the ranker reads user x item rows: straight from
@@ -129,9 +151,10 @@ class OnlineFeatureReader:
     def read(self, entity_rows: list[dict], now: dt.datetime | None = None) -> OnlineRead:
         """Look up `entity_rows`; values older than their view's max age come back as None.
 
-        On the repo's SQLite store the rows are read by serialized key, without the SDK's response objects
-        (0.28 ms a user through `get_online_features` on the demo bundle's 17 features, 2026-11-28;
-        tests/feature_repo/test_online_stores.py reads both ways and compares); elsewhere through the SDK.
+        On the repo's SQLite store the rows are read by serialized key, without the SDK's request and
+        response objects (a request's user + session lookup p50 0.24 ms through the SDK, 0.11 ms so:
+        benchmarks/bench_features.py, 2026-11-28; tests/feature_repo/test_online_stores.py reads both ways
+        and compares); elsewhere through the SDK.
 
         Args:
             entity_rows: join keys per row, e.g. `[{"user_id": "17850"}]`.
@@ -171,32 +194,6 @@ class OnlineFeatureReader:
                     v = None
                 out.rows[i][feat] = v
         return out
-
-
-def _direct_response(reader: "OnlineFeatureReader", entity_rows: list[dict]) -> dict[str, list]:
-    """What `get_online_features(...).to_dict(include_event_timestamps=True)` answers, read by serialized key:
-    `view__feature` -> values and `view__feature__ts` -> unix seconds (0 where there is no row)."""
-    from feast.type_map import feast_value_type_to_python_type
-
-    from feature_repo.online_stores import string_entity_keys
-
-    resp: dict[str, list] = {}
-    wanted: dict[str, list[str]] = {}
-    for view, feat in reader.pairs:
-        wanted.setdefault(view, []).append(feat)
-    for view, feats in wanted.items():
-        fv = reader._direct[view]
-        keys = string_entity_keys(fv.join_keys, [[row[k] for k in fv.join_keys] for row in entity_rows])
-        got = reader._online.read_serialized(reader.store.config, fv, keys)
-        for feat in feats:
-            values, stamps = [], []
-            for ts, row in got:
-                v = row.get(feat) if row is not None else None
-                values.append(None if v is None else feast_value_type_to_python_type(v))
-                stamps.append(int(ts.timestamp()) if ts is not None and row is not None else 0)
-            resp[f"{view}__{feat}"] = values
-            resp[f"{view}__{feat}{TS_SUFFIX}"] = stamps
-    return resp
 
 
 class CircuitBreaker:

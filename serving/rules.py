@@ -222,11 +222,9 @@ class MarginTargetRule(Rule):
         f = np.ones(len(candidates))
         if self.config.categories:
             listed = self.config.categories
-            hit = {c: _member(candidates.categories, frozenset((c,))) for c in listed} \
-                if len(listed) <= _SMALL_SET else None  # a comparison per listed category, in C
-            if hit is not None:
+            if len(listed) <= _SMALL_SET:  # a comparison per listed category, in C
                 for c, multiplier in listed.items():
-                    f[hit[c]] *= multiplier
+                    f[_member(candidates.categories, frozenset((c,)))] *= multiplier
             else:
                 f *= np.fromiter((listed.get(c, 1.0) if isinstance(c, str) else 1.0
                                   for c in candidates.categories.tolist()), dtype=np.float64, count=len(candidates))
