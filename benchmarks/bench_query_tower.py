@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from cartwise.bundle import current_bundle, golden_inputs, load_bundle  # noqa: E402
+from cartwise.bundle import current_bundle, load_bundle  # noqa: E402
 from models.towers import query_embedder  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(args.bundle) if args.bundle else current_bundle(ROOT / "build" / "bundles")
     bundle = load_bundle(root)
     q = bundle.manifest["query_inputs"]
-    golden = golden_inputs(root)
+    golden = bundle.golden_inputs
     if golden is None:
         raise SystemExit(f"{root}: no golden queries to time the query tower on")
     served = query_embedder(bundle.embed_query, bundle.embed_query.module, q["strings"], q["floats"], golden)

@@ -71,7 +71,7 @@ Cases:
     `calibration_queries` of the demo's buyers, whose requests it then serves;
   - the demo bundle's **real query tower** (TensorFlow SavedModel, served
     through its checked NumPy pass as in the demo case: the demo's golden
-    users, copied into the synthetic bundle's directory, are the probe) and the
+    users are the probe) and the
     demo's **real Feast online store** for user features: the known users are
     the demo's buyers, each given a synthetic purchase history over the
     synthetic items (5-60 purchases), so the features stage costs what it
@@ -398,12 +398,10 @@ def _synthetic_ranker(root: Path, demo, ids, categories, history, as_of, rng) ->
 
 def _synthetic_recommender(n_items: int, demo, seed: int, candidates: int, work: Path) -> tuple[object, dict]:
     """A Recommender over a synthetic catalog of `n_items`, built in memory (see the module docstring)."""
-    import shutil
-
     import numpy as np
     import pandas as pd
 
-    from cartwise.bundle import GOLDEN_DIR, LoadedBundle
+    from cartwise.bundle import LoadedBundle
     from feature_repo import names as n
     from pipelines.build_features import open_store
     from pipelines.build_index import build_searcher, calibrate_on_users
@@ -492,18 +490,16 @@ def _synthetic_recommender(n_items: int, demo, seed: int, candidates: int, work:
                 "index": {**params}, "feature_store": demo.bundle.manifest["feature_store"],
                 "feature_services": demo.bundle.manifest["feature_services"]}
     root = Path(work) / f"synthetic-{n_items}"
-    # the demo's query tower embeds these shoppers: its golden users are the probe serving checks the tower's
-    # NumPy pass on (serving.pipeline.Recommender._query_embedder), as it would in the demo bundle itself
-    shutil.rmtree(root / GOLDEN_DIR, ignore_errors=True)
-    if (demo.bundle.root / GOLDEN_DIR).is_dir():
-        shutil.copytree(demo.bundle.root / GOLDEN_DIR, root / GOLDEN_DIR)
     if (demo.bundle.root / "ranking").is_dir():  # the learned ranker ranks the candidates, as in the demo bundle
         t = time.perf_counter()
         info.update(_synthetic_ranker(root, demo, ids, cat_names[cat], history, as_of, rng))
         info["ranker_build_s"] = time.perf_counter() - t
     bundle = LoadedBundle(root=root, manifest=manifest, embed_query=demo.bundle.embed_query,
                           searcher=searcher, item_ids=ids.astype(str), items=items, popular=popular, history=history,
-                          item_embeddings=emb, bought_together=bought, content_embeddings=content)
+                          item_embeddings=emb, bought_together=bought, content_embeddings=content,
+                          # the demo's query tower embeds these shoppers: its golden users are the probe serving
+                          # checks the tower's NumPy pass on (Recommender._query_embedder), as in the demo bundle
+                          golden_inputs=demo.bundle.golden_inputs)
     t = time.perf_counter()
     rec = Recommender(bundle, demo.features, config=config)
     info["recommender_build_s"] = time.perf_counter() - t

@@ -298,6 +298,10 @@ class LoadedBundle:
     content_embeddings: np.ndarray | None = None
     #: what :func:`load_bundle` checked: `{"format", "index", "golden"}` (golden None in a format-1 bundle)
     checks: dict | None = None
+    #: the golden queries' query-tower inputs (real users' features as of the export) as `embed_query` takes
+    #: them, read by the golden replay; None without golden queries. Serving checks its NumPy pass of the
+    #: query tower on them (`models.towers.query_embedder`)
+    golden_inputs: dict[str, np.ndarray] | None = None
 
     @property
     def version(self) -> str:
@@ -625,30 +629,6 @@ def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int, budget: int
     return out
 
 
-def _golden(root: Path) -> tuple[dict, dict[str, np.ndarray], int]:
-    """The golden queries' spec, their query-tower inputs as `embed_query` takes them, and their number."""
-    import pandas as pd
-
-    g = root / GOLDEN_DIR
-    spec = json.loads((g / GOLDEN_EXPECTED).read_text())
-    inputs = pd.read_parquet(g / GOLDEN_INPUTS)
-    feed = {c: inputs[c].to_numpy(dtype=object) for c in spec["strings"]}
-    feed.update({c: inputs[c].to_numpy(dtype=np.float32) for c in spec["floats"]})
-    return spec, feed, int(len(inputs))
-
-
-def golden_inputs(root: Path) -> dict[str, np.ndarray] | None:
-    """The query-tower inputs of a bundle's golden queries (real users' features as of the export), as
-    `embed_query` takes them; None for a bundle without golden queries or with none in it.
-
-    Serving checks its NumPy pass of the query tower on them (`models.towers.query_embedder`).
-    """
-    if not (root / GOLDEN_DIR / GOLDEN_EXPECTED).is_file():
-        return None
-    _, feed, rows = _golden(root)
-    return feed if rows else None
-
-
 def _replay_golden(b: LoadedBundle, embeddings: np.ndarray, search: bool = True) -> tuple[dict, list[str]]:
     """The golden replay of :func:`check_golden`; tower failures raise, index mismatches are returned.
 
@@ -658,15 +638,21 @@ def _replay_golden(b: LoadedBundle, embeddings: np.ndarray, search: bool = True)
     Returns:
         (stats, problems of the index).
     """
+    import pandas as pd
+
     g = b.root / GOLDEN_DIR
-    spec, feed, rows = _golden(b.root)
+    spec = json.loads((g / GOLDEN_EXPECTED).read_text())
+    inputs = pd.read_parquet(g / GOLDEN_INPUTS)
     stored = np.load(g / GOLDEN_QUERIES, allow_pickle=False)
-    if stored.ndim != 2 or stored.shape[0] != rows:
+    if stored.ndim != 2 or stored.shape[0] != len(inputs):
         raise BundleError(f"{b.root}: {GOLDEN_DIR}/{GOLDEN_QUERIES} has shape {stored.shape} for "
-                          f"{rows} golden inputs")
-    stats = {"queries": rows, "max_abs_diff": 0.0, "recall": 1.0, "score_max_abs_diff": 0.0}
-    if rows == 0:
+                          f"{len(inputs)} golden inputs")
+    stats = {"queries": int(len(inputs)), "max_abs_diff": 0.0, "recall": 1.0, "score_max_abs_diff": 0.0}
+    if len(inputs) == 0:
         return stats, []
+    feed = {c: inputs[c].to_numpy(dtype=object) for c in spec["strings"]}
+    feed.update({c: inputs[c].to_numpy(dtype=np.float32) for c in spec["floats"]})
+    b.golden_inputs = feed  # kept: serving checks its NumPy pass of the query tower on them
     q = b.embed_query(feed)
     n, d = embeddings.shape
     if q.shape[1] != d:

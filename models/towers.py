@@ -236,13 +236,11 @@ class NumpyQueryTower:
         missing = [f for f in (self.id_key, *self.context_features, *self.numeric_features) if f not in inputs]
         if missing:
             raise KeyError(f"the query tower needs inputs {missing}")
-        vocab, matrix = self.ids, self.id_rows
-        rows = self._rows(vocab, inputs[self.id_key])
-        out = matrix[rows] * (rows > 0)[:, None].astype(np.float32)
+        rows = self._rows(self.ids, inputs[self.id_key])
+        out = self.id_rows[rows] * (rows > 0)[:, None].astype(np.float32)
         if not self.mlp:
             return out
-        context = [m[self._rows(v, inputs[f])] for f, (v, m) in
-                   ((f, self.context[f]) for f in self.context_features)]
+        context = [m[self._rows(vocab, inputs[f])] for f, (vocab, m) in self.context.items()]  # input order
         parts = list(context)
         if self.numeric_features:
             x = np.stack([np.asarray(inputs[f], dtype=np.float32) for f in self.numeric_features], axis=1)

@@ -92,7 +92,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkabl
 
 import numpy as np
 
-from cartwise.bundle import LoadedBundle, golden_inputs, load_bundle
+from cartwise.bundle import LoadedBundle, load_bundle
 from cartwise.config import CartwiseConfig, ConfigError, parse_config
 from feature_repo import names as n
 from serving.candidates import Candidates
@@ -634,7 +634,7 @@ class Recommender:
 
         reference = self.bundle.embed_query
         module = getattr(reference, "module", None)
-        golden = golden_inputs(self.bundle.root) if module is not None else None
+        golden = self.bundle.golden_inputs if module is not None else None
         probe = None
         names = (*self.string_inputs, *self.float_inputs)
         if golden is not None and all(name in golden for name in names):
