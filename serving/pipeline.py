@@ -645,7 +645,7 @@ class Recommender:
             sessions = self._session_inputs([c for c, _ in pairs])
             if n.SESSION_DEVICE in sessions:
                 sessions[n.SESSION_DEVICE] = np.asarray([d for _, d in pairs], dtype=object)
-            in_session = {name: np.asarray(values).copy() for name, values in golden.items()}
+            in_session = dict(golden)  # the golden users again, their session columns replaced below
             rows = len(in_session[self.string_inputs[0]])
             for name, values in ((n.SESSION_CATEGORY, cats), (n.SESSION_DEVICE, devices)):
                 if name in in_session:
