@@ -107,12 +107,8 @@ class OnlineFeatureReader:
         from feature_repo.online_stores import string_entity_keys
 
         resp: dict[str, list] = {}
-        wanted: dict[str, list[str]] = {}
-        for view, feat in self.pairs:
-            wanted.setdefault(view, []).append(feat)
-        for view, feats in wanted.items():
-            fv = self._direct[view]
-            keys = string_entity_keys(fv.join_keys, [[row[k] for k in fv.join_keys] for row in entity_rows])
+        for view, (fv, join_keys, feats) in self._direct.items():
+            keys = string_entity_keys(join_keys, [[row[k] for k in join_keys] for row in entity_rows])
             got = self._online.read_serialized(self.store.config, fv, keys)
             for feat in feats:
                 values, stamps = [], []
@@ -124,10 +120,12 @@ class OnlineFeatureReader:
                 resp[f"{view}__{feat}{TS_SUFFIX}"] = stamps
         return resp
 
-    def _direct_views(self) -> dict[str, Any] | None:
-        """{view: FeatureView} when every view can be read as the ranker reads user x item rows: straight from
-        the repo's SQLite store by serialized key (`OrderedSqliteOnlineStore.read_serialized`, string join
-        keys, key serialization version 3); None otherwise (Redis, an on-demand view, other keys): the SDK."""
+    def _direct_views(self) -> dict[str, tuple[Any, list[str], list[str]]] | None:
+        """{view: (FeatureView, its join keys, the features read)} when every view can be read as the ranker
+        reads user x item rows: straight from the repo's SQLite store by serialized key
+        (`OrderedSqliteOnlineStore.read_serialized`, string join keys, key serialization version 3); None
+        otherwise (Redis, an on-demand view, other keys): the SDK. The join keys are kept (Feast's `join_keys`
+        property builds its list anew on every call)."""
         from feature_repo.online_stores import OrderedSqliteOnlineStore
 
         online = getattr(self.store._get_provider(), "online_store", None)
@@ -143,9 +141,11 @@ class OnlineFeatureReader:
                 return None
             if not fv.join_keys or any(str(c.dtype) != "String" for c in fv.entity_columns):
                 return None
-            views[view] = fv
+            views[view] = (fv, list(fv.join_keys), [])
+        for view, feat in self.pairs:
+            views[view][2].append(feat)
         self._online = online
-        self._join_keys = sorted({k for fv in views.values() for k in fv.join_keys})
+        self._join_keys = sorted({k for _, keys, _ in views.values() for k in keys})
         return views
 
     def read(self, entity_rows: list[dict], now: dt.datetime | None = None) -> OnlineRead:

@@ -124,31 +124,37 @@ class ScoreState:
         self.as_of = pd.Timestamp(as_of).timestamp()
         self.half_lives = half_lives
 
-    def _knn(self, cols: np.ndarray, w: np.ndarray | None, targets: np.ndarray) -> np.ndarray:
-        """sum over the user's items i (weights w, or 1) of w_i S[i, j], for each target column j.
+    def _knn(self, cols: np.ndarray, weights: Sequence[np.ndarray | None], targets: np.ndarray) -> list[np.ndarray]:
+        """For each weighting w (an array over the user's items, or None for 1): sum over the user's items i of
+        w_i S[i, j], for each target column j.
 
         What `profile @ S` computes offline, from the user's rows of S only (nothing the size of the
-        catalog per request): float32 products, summed per target in float64 and rounded to float32
-        (scipy sums in float32: the two differ in the last bits; tests/serving/test_ranking.py allows 2e-6
-        relative).
+        catalog per request; the neighbour entries are gathered and placed once for all weightings):
+        float32 products, summed per target in float64 and rounded to float32 (scipy sums in float32: the
+        two differ in the last bits; tests/serving/test_ranking.py allows 2e-6 relative).
         """
         S = self.knn
         lo, hi = S.indptr[cols], S.indptr[cols + 1]
         counts = hi - lo
         if counts.sum() == 0:
-            return np.zeros(len(targets), dtype=np.float32)
+            return [np.zeros(len(targets), dtype=np.float32) for _ in weights]
         take = np.repeat(lo - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(counts.sum())
         j = S.indices[take]
-        v = S.data[take] if w is None else (np.repeat(w, counts) * S.data[take]).astype(np.float32)
+        data = S.data[take]
         # each neighbour entry to its target's slot (targets are distinct): a search among the m targets,
         # not a sort of the entries (heavy buyers have tens of thousands)
         order = np.argsort(targets)
         ranked = targets[order]
         pos = np.minimum(np.searchsorted(ranked, j), len(ranked) - 1)
         hit = ranked[pos] == j
-        sums = np.bincount(pos[hit], weights=v[hit], minlength=len(ranked))
-        out = np.empty(len(targets), dtype=np.float32)
-        out[order] = sums
+        slot = pos[hit]
+        out = []
+        for w in weights:
+            v = data if w is None else (np.repeat(w, counts) * data).astype(np.float32)
+            sums = np.bincount(slot, weights=v[hit], minlength=len(ranked))
+            scored = np.empty(len(targets), dtype=np.float32)
+            scored[order] = sums
+            out.append(scored)
         return out
 
     def scores(self, user_id: str, rows: np.ndarray, now: dt.datetime) -> dict[str, np.ndarray]:
@@ -167,8 +173,7 @@ class ScoreState:
         w_long = (self.w_long[s:e] * 0.5 ** (age / self.half_lives["repeat"])).astype(np.float32)
         w_recent = (self.w_recent[s:e] * 0.5 ** (age / self.half_lives["repeat_recent"])).astype(np.float32)
         c = cand[ok]
-        out[n.KNN_SCORE][ok] = self._knn(cols, None, c)
-        out[n.KNN_RECENT_SCORE][ok] = self._knn(cols, w_long, c)
+        out[n.KNN_SCORE][ok], out[n.KNN_RECENT_SCORE][ok] = self._knn(cols, (None, w_long), c)
         if self.ease is not None:
             ones = sp.csr_matrix((np.ones(len(cols), np.float32), np.arange(len(cols)), [0, len(cols)]),
                                  shape=(1, len(cols)))
@@ -251,14 +256,14 @@ class LearnedRanker:
             self.spec = json.loads((root / "spec.json").read_text())
             self.features = list(self.spec["features"])
             self.fill = np.array([self.spec["fill"][f] for f in self.features], dtype=np.float64)
-            self.items = ItemFeatureMatrix.load(root / "items")
+            items = ItemFeatureMatrix.load(root / "items")
             self.model = load_stacked_scorer(str(root / "ranking_tower"), len(self.features),
-                                             probe=self._probe_rows())
+                                             probe=self._probe_rows(items))
             self.state = ScoreState(root / "scores", catalog, pd.Timestamp(self.spec["as_of"]),
                                     self.spec["half_life_days"])
         except (OSError, KeyError, ValueError, TypeError) as e:
             raise RankerWiringError(f"{root}: {type(e).__name__}: {e}") from None
-        if list(self.items.item_ids) != catalog.item_ids.tolist():
+        if list(items.item_ids) != catalog.item_ids.tolist():
             raise RankerWiringError(f"{root / 'items'}: item rows differ from the catalog's")
         lacking = [h for h in ("repeat", "repeat_recent") if not isinstance(self.spec["half_life_days"].get(h),
                                                                            (int, float))]
@@ -267,18 +272,24 @@ class LearnedRanker:
         self.catalog = catalog
         self.pairs = pairs
         self.read = read or (lambda fn: fn())
-        # float64 item columns by catalog row (the matrix's rows are the catalog's: checked above)
-        self.item_columns = {f: np.asarray(col, dtype=np.float64) for f, col in self.items.columns.items()
-                             if not f.startswith(TS_PREFIX)}
-        # views whose values expire: the event time of each item's row, the view's fields, its maximum age
+        # the item columns as one float64 block, a row per catalog row (the matrix's rows are the catalog's:
+        # checked above) and the views' event times last: a request gathers its candidates' rows at once
+        # (one column at a time read ~16 scattered values per candidate)
+        self.item_fields = [f for f in items.columns if not f.startswith(TS_PREFIX)]
+        stamps = [f for f in items.columns if f.startswith(TS_PREFIX)]
+        self.item_block = np.empty((len(catalog), len(self.item_fields) + len(stamps)), dtype=np.float64)
+        for j, f in enumerate(self.item_fields + stamps):
+            self.item_block[:, j] = np.asarray(items.columns[f], dtype=np.float64)
+        # views whose values expire: the block column of each item's event time, the view's fields (as
+        # block columns), its maximum age
         views = definitions.ranking_views()
+        at = {f: j for j, f in enumerate(self.item_fields)}
         self.expiring = []
-        for f, col in self.items.columns.items():
-            if f.startswith(TS_PREFIX):
-                view = f[len(TS_PREFIX):]
-                limit = (max_age or {}).get(view) or getattr(definitions, view).ttl
-                fields = [x.name for x in views[view].features if x.name in self.item_columns]
-                self.expiring.append((np.asarray(col, dtype=np.float64), fields, limit.total_seconds()))
+        for j, f in enumerate(stamps, start=len(self.item_fields)):
+            view = f[len(TS_PREFIX):]
+            limit = (max_age or {}).get(view) or getattr(definitions, view).ttl
+            fields = [at[x.name] for x in views[view].features if x.name in at]
+            self.expiring.append((j, np.asarray(fields, dtype=np.intp), limit.total_seconds()))
         self.user_fields = [ref.split(":", 1)[1] for ref in user_refs()]
         self.pair_fields = [f.name for f in views[PAIR_VIEW].features]
         self.category_fields = [f.name for f in views[CATEGORY_VIEW].features]
@@ -286,21 +297,21 @@ class LearnedRanker:
         self.category_keys = np.array(["unknown" if _missing(categories.get(i)) else str(categories.get(i))
                                        for i in catalog.item_ids.tolist()], dtype=object)
         self.pair_rows, self.category_pairs = self._pair_keys(root, catalog)
-        computed = {*self.user_fields, *self.items.columns, *self.pair_fields, *self.category_fields,
+        computed = {*self.user_fields, *items.columns, *self.pair_fields, *self.category_fields,
                     *n.SOURCE_SCORES, *(f.name for fn in ("request_features", n.RANKING_REQUEST_VIEW)
                                          for f in views[fn].features)}
         unknown = [f for f in self.features if f not in computed]
         if unknown:
             raise RankerWiringError(f"{root / 'spec.json'}: the model reads {unknown}, which serving does not compute")
 
-    def _probe_rows(self, rows: int = 256) -> np.ndarray:
+    def _probe_rows(self, items: ItemFeatureMatrix, rows: int = 256) -> np.ndarray:
         """Rows like those served, to check the NumPy scorer on: catalog items' own feature values (the
         bundle's item matrix), the training fill for every other column."""
-        n_items = len(self.items.item_ids)
+        n_items = len(items.item_ids)
         take = np.random.default_rng(0).integers(0, n_items, min(rows, n_items)) if n_items else np.zeros(0, int)
         x = np.tile(self.fill, (len(take), 1))
         for j, f in enumerate(self.features):
-            col = self.items.columns.get(f)
+            col = items.columns.get(f)
             if col is not None and not f.startswith(TS_PREFIX):
                 v = np.asarray(col, dtype=np.float64)[take]
                 x[:, j] = np.where(np.isnan(v), self.fill[j], v)
@@ -316,7 +327,7 @@ class LearnedRanker:
             raise RankerWiringError(f"{root}: pair keys: {type(e).__name__}: {e}") from None
         rows = pairs[n.ITEM_ID].map(catalog.row_of).fillna(-1).to_numpy(np.int64)
         pairs = pairs.assign(_row=rows)[rows >= 0]
-        by_user = {u: g.to_numpy(np.int64) for u, g in pairs.groupby(n.USER_ID, sort=False)["_row"]}
+        by_user = {u: np.unique(g.to_numpy(np.int64)) for u, g in pairs.groupby(n.USER_ID, sort=False)["_row"]}
         by_cat = {u: frozenset(g.tolist()) for u, g in cats.groupby(n.USER_ID, sort=False)[n.CATEGORY_KEY]}
         return by_user, by_cat
 
@@ -329,11 +340,13 @@ class LearnedRanker:
         return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
     def _known_rows(self, user_id: str, query: Query) -> np.ndarray:
-        """Catalog rows the shopper can have a user x item row for: one at the bundle's as-of instant, or in the
-        session."""
-        return np.concatenate([self.pair_rows.get(user_id, _NO_ROWS), np.asarray(query.cart, np.int64),
-                               np.asarray(query.viewed, np.int64)])
-
+        """Catalog rows the shopper can have a user x item row for, sorted and distinct: one at the bundle's as-of
+        instant, or in the session."""
+        rows = self.pair_rows.get(user_id, _NO_ROWS)
+        if len(query.cart) or len(query.viewed):
+            rows = np.unique(np.concatenate([rows, np.asarray(query.cart, np.int64),
+                                             np.asarray(query.viewed, np.int64)]))
+        return rows
 
     def raw(self, rows: np.ndarray, query: Query) -> dict[str, np.ndarray]:
         """The unfilled ranking_v1 columns of the candidates at `rows`, float64 (NaN where a value is missing),
@@ -346,22 +359,27 @@ class LearnedRanker:
             v = feats.get(f)
             cols[f] = np.full(m, np.nan if v is None else float(v))
         known = rows >= 0
-        safe = np.where(known, rows, 0)
-        for f, col in self.item_columns.items():
-            c = col[safe]
-            if not known.all():
-                c[~known] = np.nan
-            cols[f] = c
+        everything = bool(known.all())
+        safe = rows if everything else np.where(known, rows, 0)
+        block = self.item_block[safe]
+        if not everything:
+            block[~known] = np.nan
         now = query.now.timestamp()
-        for times, fields, limit in self.expiring:  # older than the view's max age at the request: missing
-            stale = (now - times[safe]) > limit
+        for j, fields, limit in self.expiring:  # older than the view's max age at the request: missing
+            stale = (now - block[:, j]) > limit
             if stale.any():
-                for f in fields:
-                    cols[f][stale] = np.nan
+                block[np.ix_(stale, fields)] = np.nan
+        for j, f in enumerate(self.item_fields):
+            cols[f] = block[:, j]
         for f in (*self.pair_fields, *self.category_fields):
             cols[f] = np.full(m, np.nan)
         known_rows = self._known_rows(user, query)
-        at = np.flatnonzero(known & np.isin(rows, known_rows))  # candidates that can have a user x item row
+        # candidates that can have a user x item row (known_rows is sorted)
+        if len(known_rows):
+            pos = np.minimum(np.searchsorted(known_rows, rows), len(known_rows) - 1)
+            at = np.flatnonzero(known & (known_rows[pos] == rows))
+        else:
+            at = _NO_ROWS
         if self.pairs is not None and len(at):
             items = self.catalog.item_ids[rows[at]].tolist()
             got = self.read(lambda: self.pairs.read(PAIR_VIEW, [n.USER_ID, n.ITEM_ID], [(user, i) for i in items]))
@@ -370,7 +388,9 @@ class LearnedRanker:
                     for f, v in values.items():
                         cols[f][j] = np.nan if v is None else float(v)
         # user x category rows exist for the categories of what the shopper bought (or has in the session)
-        keys = np.where(known, self.category_keys[safe], "unknown")
+        keys = self.category_keys[safe]
+        if not everything:
+            keys[~known] = "unknown"
         have = self.category_pairs.get(user, frozenset()) | set(self.category_keys[known_rows].tolist())
         wanted = sorted(have & set(keys.tolist()))
         if self.pairs is not None and wanted:

@@ -53,7 +53,6 @@ gives up after a first step and the full scan (:func:`matvec`) runs.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import time
@@ -209,7 +208,9 @@ class Query:
         if len(rows) == 0:
             return self
         excluded = self.excluded.union(rows)
-        return dataclasses.replace(self, excluded=excluded, n_excluded=excluded.count)
+        out = object.__new__(Query)  # a copy with two fields changed (dataclasses.replace cost ~20 us a call)
+        out.__dict__.update(self.__dict__, excluded=excluded, n_excluded=excluded.count)
+        return out
 
 
 @dataclass(frozen=True)
@@ -593,8 +594,9 @@ class ContentIndex:
         leaves = []
         for a, b in zip(cuts[:-1], cuts[1:]):
             leaves += _kmeans_leaves(content, by_cat[a:b], leaf_size, rng)
-        self.content = content
         self.perm = np.concatenate(leaves or [_EMPTY_ROWS]).astype(np.int64)  # rows, leaf after leaf
+        # the rows' embeddings in that order: a leaf is read as one contiguous block, not row by row
+        self.content = content.take(self.perm, axis=0)
         self.sizes = np.asarray([len(leaf) for leaf in leaves], dtype=np.int64)
         self.start = np.r_[0, np.cumsum(self.sizes)].astype(np.int64)
         self.category = codes[self.perm[self.start[:-1]]]
@@ -657,7 +659,7 @@ class ContentIndex:
             leaves = order[i:j]
             pos, owner = _gather(self.start, leaves)
             rows = self.perm[pos]
-            score = leaf_bonus[leaves][owner] + tw * (self.content.take(rows, axis=0) @ q)
+            score = leaf_bonus[leaves][owner] + tw * (self.content.take(pos, axis=0) @ q)
             keep = (score >= floor) if full else (score > _SIMILAR)
             if skip.count:
                 keep &= ~skip.contains(rows)
