@@ -40,6 +40,12 @@ rank-preserving within a source, so a source's best item always competes at
 its weight whatever its raw scale; what it loses is the raw gap between
 sources, which raw scores cannot express anyway (a cosine is not a count).
 
+The retriever asks each source for catalog rows and raw scores
+(:meth:`Source.retrieve_rows`) and builds one :class:`Candidates` after the
+merge; the built-in sources (:class:`RowSource`) compute rows and scores and
+make candidates only when asked for :meth:`Source.retrieve`, a custom source
+implements `retrieve` alone.
+
 Per request everything is NumPy over the rows in play: dictionary lookups
 only for the request's own ids, and nothing the size of the catalog (but the
 content index's bounds, one per leaf of ~200 items). The exclusions are a
@@ -407,9 +413,26 @@ class Source(ABC):
             and drops those outside the catalog).
         """
 
+    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`retrieve`'s answer as (int64 catalog rows, float64 raw scores), best first, at most `n`.
+
+        What the :class:`Retriever` asks for: it merges rows and builds the candidates once, after the
+        merge. The built-in sources compute rows and scores and build candidates only when asked for
+        :meth:`retrieve` (at 1M items, gathering each source's ids and categories from the catalog's
+        object arrays cost a cache miss an item). This default reads them off :meth:`retrieve` (a custom
+        source): its `row` column, else its ids looked up in the catalog (unknown ids dropped).
+        """
+        got = self.retrieve(query, n).head(max(n, 0))
+        if ROW in got.columns:
+            return np.asarray(got.column(ROW), dtype=np.int64), np.asarray(got.scores, dtype=np.float64)
+        c = self.catalog_
+        rows, _ = c.rows(got.ids.tolist())
+        keep = np.isin(got.ids, c.item_ids[rows])
+        return rows, np.asarray(got.scores, dtype=np.float64)[keep]
+
     def _top(self, rows: np.ndarray, scores: np.ndarray, query: Query, n: int, presorted: bool = False
-             ) -> Candidates:
-        """The best `n` of (rows, scores) that the query does not exclude, as candidates.
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """The best `n` of (rows, scores) that the query does not exclude, best first.
 
         `presorted`: (rows, scores) are best first already; only the first
         n + n_excluded can be among the answer.
@@ -420,11 +443,9 @@ class Source(ABC):
             keep = ~query.excluded.contains(rows)
             rows, scores = rows[keep], scores[keep]
         if presorted:
-            rows, scores = rows[:max(n, 0)], scores[:max(n, 0)]
-        else:
-            best = _best(rows, scores, n)
-            rows, scores = rows[best], scores[best]
-        return self._candidates(rows, scores)
+            return rows[:max(n, 0)], scores[:max(n, 0)]
+        best = _best(rows, scores, n)
+        return rows[best], scores[best]
 
     def _candidates(self, rows: np.ndarray, scores: np.ndarray) -> Candidates:
         """(rows, scores), in this order, as this source's candidates."""
@@ -432,12 +453,24 @@ class Source(ABC):
         return Candidates(c.item_ids[rows], scores, np.full(len(rows), self.name, dtype=object), c.categories[rows],
                           {ROW: rows})
 
-    def _none(self) -> Candidates:
-        return Candidates(np.zeros(0, dtype=object), np.zeros(0), np.zeros(0, dtype=object),
-                          np.zeros(0, dtype=object), {ROW: _EMPTY_ROWS})
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+class RowSource(Source):
+    """A source that computes catalog rows and scores (:meth:`retrieve_rows`); :meth:`retrieve` wraps them as
+    candidates. The built-in sources are row sources."""
+
+    def retrieve(self, query: Query, n: int) -> Candidates:
+        return self._candidates(*self.retrieve_rows(query, n))
+
+    @abstractmethod
+    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """See :meth:`Source.retrieve_rows`."""
+
+
+#: no rows, no scores
+_NONE = (_EMPTY_ROWS, np.zeros(0))
 
 
 def _best(rows: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
@@ -461,7 +494,7 @@ _PART_FILES = {SEARCHER: "the ScaNN index", BOUGHT_TOGETHER: "bought_together.pa
                CONTENT: "item_content_embeddings.npy"}
 
 
-class ScannSource(Source):
+class ScannSource(RowSource):
     """`two_tower`: the user's query embedding searched in the bundle's ScaNN index; nothing without one.
 
     Raw score: the dot product of query and item embeddings.
@@ -470,9 +503,9 @@ class ScannSource(Source):
     config_class = TwoTowerSourceConfig
     needs = (SEARCHER,)
 
-    def retrieve(self, query: Query, n: int) -> Candidates:
+    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
         if query.embedding is None or n <= 0:
-            return self._none()
+            return _NONE
         c = self.catalog_
         want = min(len(c), n + query.n_excluded)
         # a tree + AH index re-orders (and returns at most) as many candidates, and searches as many leaves, as
@@ -492,7 +525,7 @@ def _gather(indptr: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return pos, owner
 
 
-class BoughtTogetherSource(Source):
+class BoughtTogetherSource(RowSource):
     """`bought_together`: co-purchase neighbours of the cart, the last viewed items and the user's latest purchases.
 
     Raw score of an item: sum over seeds of seed weight x the pair's
@@ -502,7 +535,7 @@ class BoughtTogetherSource(Source):
     config_class = BoughtTogetherSourceConfig
     needs = (BOUGHT_TOGETHER,)
 
-    def retrieve(self, query: Query, n: int) -> Candidates:
+    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
         cfg, c = self.config, self.catalog_
         hist = c.users.get(query.user_id) if query.user_id is not None else None
         parts = [(query.cart, cfg.cart_weight), (query.viewed[-cfg.seed_items:], cfg.viewed_weight),
@@ -510,14 +543,16 @@ class BoughtTogetherSource(Source):
         seeds = np.concatenate([r for r, w in parts if w > 0] or [_EMPTY_ROWS])
         weights = np.concatenate([np.full(len(r), w) for r, w in parts if w > 0] or [np.zeros(0)])
         if len(seeds) == 0 or n <= 0:
-            return self._none()
+            return _NONE
         indptr, nbr, score = c.neighbours
         pos, owner = _gather(indptr, seeds)
         if len(pos) == 0:
-            return self._none()
+            return _NONE
         rows, inv = np.unique(nbr[pos], return_inverse=True)
         total = np.bincount(inv, weights=score[pos] * weights[owner], minlength=len(rows))
-        keep = ~np.isin(rows, seeds) & (total > 0)
+        keep = total > 0
+        at = np.minimum(np.searchsorted(rows, seeds), len(rows) - 1)  # rows is sorted: the seeds' places in it
+        keep[at[rows[at] == seeds]] = False
         return self._top(rows[keep], total[keep], query, n)
 
 
@@ -673,7 +708,7 @@ class ContentIndex:
         return rows_k[best], scores_k[best]
 
 
-class ContentSource(Source):
+class ContentSource(RowSource):
     """`content`: items like what is being browsed.
 
     The query is the last `seed_items` viewed items (the latest weighing 1,
@@ -750,10 +785,10 @@ class ContentSource(Source):
             score = score + tw * matvec(c.content, text)
         return score
 
-    def retrieve(self, query: Query, n: int) -> Candidates:
+    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
         got = self._query(query)
         if got is None or n <= 0:
-            return self._none()
+            return _NONE
         cat_weight, text, seeds = got
         tw = self.text_weight_
         bonus = (1.0 - tw) * cat_weight
@@ -780,10 +815,10 @@ class ContentSource(Source):
             rows, scores = rows[keep], scores[keep]
             best = _best(rows, scores, n)
             rows, scores = rows[best], scores[best]
-        return self._candidates(rows, scores)
+        return rows, scores
 
 
-class RepeatSource(Source):
+class RepeatSource(RowSource):
     """`repeat`: the user's own past purchases; raw score purchase lines x 0.5 ** (age / half_life_days)."""
 
     config_class = RepeatSourceConfig
@@ -794,14 +829,14 @@ class RepeatSource(Source):
         self.scores_ = {u: h.purchases * np.power(0.5, h.age_days / decay) for u, h in catalog.users.items()}
         return self
 
-    def retrieve(self, query: Query, n: int) -> Candidates:
+    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
         hist = self.catalog_.users.get(query.user_id) if query.user_id is not None else None
         if hist is None or n <= 0:
-            return self._none()
+            return _NONE
         return self._top(hist.rows, self.scores_[query.user_id], query, n)
 
 
-class PopularInCategorySource(Source):
+class PopularInCategorySource(RowSource):
     """`popular_in_category`: best sellers of the session category, the viewed and cart items' categories and the
     known user's `user_categories` most bought categories. Raw score: the item's popularity (1 / (1 + rank))."""
 
@@ -812,6 +847,8 @@ class PopularInCategorySource(Source):
         pop = catalog.popular_rows
         codes = catalog.category_codes[pop]
         self.by_category_ = [pop[codes == k] for k in range(len(catalog.category_names))]  # each best first
+        # and their scores (read in list order, not gathered from the catalog's column per request)
+        self.by_category_scores_ = [catalog.popularity[rows] for rows in self.by_category_]
         self.user_categories_: dict[str, np.ndarray] = {}
         if self.config.user_categories > 0:
             for user, h in catalog.users.items():
@@ -823,7 +860,7 @@ class PopularInCategorySource(Source):
                     self.user_categories_[user] = top[counts[top] > 0]
         return self
 
-    def retrieve(self, query: Query, n: int) -> Candidates:
+    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
         c = self.catalog_
         codes = [np.asarray([query.category]), c.category_codes[query.viewed], c.category_codes[query.cart]]
         if query.user_id is not None and query.user_id in self.user_categories_:
@@ -831,20 +868,21 @@ class PopularInCategorySource(Source):
         cats = np.unique(np.concatenate(codes))
         cats = cats[cats >= 0]
         if len(cats) == 0 or n <= 0:
-            return self._none()
+            return _NONE
         # each category's list is best first: its first n + n_excluded rows hold its n best the query allows
         # (gathering every row of the categories cost ~0.2 ms a request at 1M items)
         m = max(n, 0) + query.n_excluded
         rows = np.concatenate([self.by_category_[k][:m] for k in cats])
-        return self._top(rows, c.popularity[rows], query, n)
+        scores = np.concatenate([self.by_category_scores_[k][:m] for k in cats])
+        return self._top(rows, scores, query, n)
 
 
-class PopularitySource(Source):
+class PopularitySource(RowSource):
     """`popularity`: the bundle's best sellers; raw score 1 / (1 + rank)."""
 
     config_class = PopularitySourceConfig
 
-    def retrieve(self, query: Query, n: int) -> Candidates:
+    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
         # only the first n + n_excluded can be in the answer: their scores alone are read (the whole list's
         # gather cost ~0.9 ms at 1M items, 100k best sellers)
         rows = self.catalog_.popular_rows[:max(n, 0) + query.n_excluded]
@@ -944,16 +982,12 @@ class Retriever:
             slots.append((src, cfg.quota, cfg.weight, cfg.fallback))
         return cls(slots, catalog)
 
-    def _ask(self, i: int, query: Query, n: int) -> tuple[Candidates, np.ndarray]:
+    def _ask(self, i: int, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, raw scores) of source i, at most its quota."""
         slot = self.slots[i]
         want = n if slot.quota is None else min(slot.quota, n)
-        got = slot.source.retrieve(query, want).head(want)
-        if ROW in got.columns:
-            rows = np.asarray(got.column(ROW), dtype=np.int64)
-        else:  # a custom source that only names ids: keep the catalog's items
-            rows, _ = self.catalog.rows(got.ids.tolist())
-            got = got.take(np.isin(got.ids, self.catalog.item_ids[rows]))
-        return got, rows
+        rows, scores = slot.source.retrieve_rows(query, want)
+        return rows[:max(want, 0)], scores[:max(want, 0)]
 
     def retrieve(self, query: Query, n: int) -> Candidates:
         """Up to `n` candidates (more when the primary quotas add up to more), by merged score.
@@ -988,10 +1022,10 @@ class Retriever:
             if skipped or (deadline is not None and time.perf_counter() >= deadline):
                 skipped.append(self.names[i])
                 continue
-            got, rows = self._ask(i, query, n)
+            rows, scores = self._ask(i, query, n)
             rows_l.append(rows)
-            raw_l.append(got.scores)
-            merged_l.append(self.slots[i].weight * scale(got.scores))
+            raw_l.append(scores)
+            merged_l.append(self.slots[i].weight * scale(scores))
             sid_l.append(np.full(len(rows), i, dtype=np.int64))
         rows = np.concatenate(rows_l or [_EMPTY_ROWS])
         raw = np.concatenate(raw_l or [np.zeros(0)])
@@ -1014,11 +1048,11 @@ class Retriever:
             for i in self._fallback:
                 if need <= 0:
                     break
-                got, frows = self._ask(i, q, need)
+                frows, fscores = self._ask(i, q, need)
                 w = self.slots[i].weight
                 rows = np.concatenate([rows, frows])
-                raw = np.concatenate([raw, got.scores])
-                merged = np.concatenate([merged, w * scale(got.scores) - w - 1.0])
+                raw = np.concatenate([raw, fscores])
+                merged = np.concatenate([merged, w * scale(fscores) - w - 1.0])
                 sid = np.concatenate([sid, np.full(len(frows), i, dtype=np.int64)])
                 found = np.concatenate([found, np.full(len(frows), 1, dtype=np.int64) << i])
                 need -= len(frows)

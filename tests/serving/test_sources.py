@@ -389,6 +389,7 @@ def test_custom_sources_by_dotted_path_and_wiring_errors(tiny):
                            "params": {"ids": ["c", "nope", "a"]}}])
     got = r.retrieve(q(tiny), 5)  # unknown ids are dropped, rows looked up
     assert got.ids.tolist() == ["c", "a"] and got.column(ROW).tolist() == [2, 0] and set(got.sources) == {"fixed"}
+    assert got.column(RETRIEVAL_SCORE).tolist() == [-0.0, -2.0]  # each kept id keeps its own score
     with pytest.raises(SourceWiringError, match="cannot import 'no.such.Source'"):
         _retriever(tiny, [{"type": "no.such.Source"}])
     with pytest.raises(SourceWiringError, match="is not a serving.sources.Source subclass"):
@@ -449,6 +450,10 @@ class SourceContract:
         assert set(got.sources.tolist()) <= {src.name}
         again = src.retrieve(query, n)
         assert again.ids.tolist() == ids and again.scores.tolist() == got.scores.tolist()
+        # what the retriever reads: the same rows and scores, without candidates
+        rows_only, scores_only = src.retrieve_rows(query, n)
+        assert rows_only.dtype == np.int64 and scores_only.dtype == np.float64
+        assert rows_only.tolist() == rows.tolist() and scores_only.tolist() == got.scores.tolist()
 
     def test_answers_the_request_it_is_for(self, shop):
         src = self.make().bind(shop.catalog)
