@@ -395,9 +395,9 @@ class RuleStage:
                 rank[bpos] = np.arange(len(before))
                 top = apos[:k]
                 hit = top[rank[top] >= k]
-            for j in served_at[hit].tolist():
-                if j >= 0:
-                    acted[j].append(name)
+            served = served_at[hit]
+            for j in served[served >= 0].tolist():
+                acted[j].append(name)
         ids = out.ids.tolist()
         for name in fired:
             item = self._pin_item.get(name)
@@ -804,24 +804,27 @@ class Recommender:
 
     def _add_pinned(self, candidates: Candidates, context: RuleContext, query: Query,
                     exclude: Sequence[str]) -> Candidates:
+        """`RuleChain.add_pinned` on retrieved candidates (which carry their catalog rows): a pin's item is
+        looked for by row, and one the request excludes is not inserted."""
         chain = self.rules.chain
         if not chain.insertable_items:
             return candidates
-        bare = Candidates(candidates.ids, candidates.scores, candidates.sources, candidates.categories)
-        added = chain.add_pinned(bare, context, self.categories)
-        m = len(bare)
-        if len(added) == m:
-            return candidates
-        ids = added.ids[m:]
-        rows = np.fromiter((self.catalog.row_of.get(i, -1) for i in ids.tolist()), dtype=np.int64, count=len(ids))
+        rows = np.asarray(candidates.column(ROW))
+        row_of = self.catalog.row_of
+
+        def present(item: str) -> bool:
+            r = row_of.get(item, -1)
+            return r >= 0 and bool((rows == r).any())
+
+        new = chain.pins_to_insert(context, present)
         banned = set(exclude)
-        keep = np.fromiter(((r < 0 or not query.excluded[r]) and i not in banned for i, r in zip(ids.tolist(), rows)),
-                           dtype=bool, count=len(ids))
-        if not keep.any():
+        new = [i for i in new if i not in banned and not (row_of.get(i, -1) >= 0 and query.excluded[row_of[i]])]
+        if not new:
             return candidates
-        extra = Candidates(ids[keep], added.scores[m:][keep], added.sources[m:][keep], added.categories[m:][keep],
-                           {ROW: rows[keep], FOUND_BY: np.zeros(int(keep.sum()), dtype=np.int64),
-                            RETRIEVAL_SCORE: np.full(int(keep.sum()), np.nan)})
+        new_rows = np.asarray([row_of.get(i, -1) for i in new], dtype=np.int64)
+        extra = chain.pinned(new, candidates.scores, self.categories,
+                             {ROW: new_rows, FOUND_BY: np.zeros(len(new), dtype=np.int64),
+                              RETRIEVAL_SCORE: np.full(len(new), np.nan)})
         return candidates.append(extra)
 
     # --- the whole pipeline ---

@@ -31,7 +31,7 @@ import datetime as dt
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -466,15 +466,26 @@ class RuleChain:
             ValueError: the candidates already carry columns.
         """
         have = set(candidates.ids.tolist())
-        new = [p.config.item for p in self._pins
-               if p.config.insert and p.config.active(context.now) and p.config.item not in have]
+        new = self.pins_to_insert(context, have.__contains__)
         if not new:
             return candidates
         if candidates.columns:
             raise ValueError("add_pinned must run before candidate columns are filled")
-        low = float(np.nanmin(candidates.scores)) if len(candidates) and not np.isnan(candidates.scores).all() else 0.0
-        cats = [(categories or {}).get(i) for i in new]
-        return candidates.append(Candidates.from_lists(new, [low] * len(new), PIN_SOURCE, cats))
+        return candidates.append(self.pinned(new, candidates.scores, categories))
+
+    def pins_to_insert(self, context: RuleContext, present: Callable[[str], bool]) -> list[str]:
+        """Items of the active `insert: true` pins that `present` says the list lacks, in declared order."""
+        return [p.config.item for p in self._pins
+                if p.config.insert and p.config.active(context.now) and not present(p.config.item)]
+
+    @staticmethod
+    def pinned(items: Sequence[str], scores: np.ndarray, categories: Mapping[str, object] | None = None,
+               columns: Mapping[str, np.ndarray] | None = None) -> Candidates:
+        """Inserted pin items as candidates: source `pin`, the lowest of `scores` (the list's; 0.0 when it has
+        none), their categories, and `columns` when given."""
+        low = float(np.nanmin(scores)) if len(scores) and not np.isnan(scores).all() else 0.0
+        cats = [(categories or {}).get(i) for i in items]
+        return Candidates.from_lists(items, [low] * len(items), PIN_SOURCE, cats, columns)
 
     def apply(self, candidates: Candidates, context: RuleContext, k: int) -> tuple[Candidates, list[str]]:
         """Run the chain and cut to `k`.
