@@ -29,16 +29,6 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return v
 
 
-def _checked_column(name: str, col: object, n: int) -> np.ndarray:
-    """A per-item column of n rows, read-only (a view: the caller's array stays writable)."""
-    if name in CORE:
-        raise ValueError(f"column {name!r} clashes with a core array ({', '.join(CORE)})")
-    col = np.asarray(col)
-    if col.ndim == 0 or col.shape[0] != n:
-        raise ValueError(f"column {name!r} has {col.shape[0] if col.ndim else 0} rows, expected {n}")
-    return _frozen(col)
-
-
 def _objects(values: object) -> np.ndarray:
     if isinstance(values, np.ndarray):
         return values.astype(object, copy=False)  # a '<U' array becomes Python str
@@ -80,7 +70,14 @@ class Candidates:
         if scores.shape != (n,) or sources.shape != (n,) or categories.shape != (n,):
             raise ValueError(f"ids, scores, sources and categories must all have length {n}, got "
                              f"{scores.shape}, {sources.shape}, {categories.shape}")
-        cols = {name: _checked_column(name, col, n) for name, col in self.columns.items()}
+        cols = {}
+        for name, col in self.columns.items():
+            if name in CORE:
+                raise ValueError(f"column {name!r} clashes with a core array ({', '.join(CORE)})")
+            col = np.asarray(col)
+            if col.ndim == 0 or col.shape[0] != n:
+                raise ValueError(f"column {name!r} has {col.shape[0] if col.ndim else 0} rows, expected {n}")
+            cols[name] = _frozen(col)
         object.__setattr__(self, "ids", _frozen(ids))
         object.__setattr__(self, "scores", _frozen(scores))
         object.__setattr__(self, "sources", _frozen(sources))
@@ -110,23 +107,6 @@ class Candidates:
         cat = _objects([None] * n) if categories is None else _objects(categories)
         cols = {k: np.asarray(v) for k, v in (columns or {}).items()}
         return cls(_objects(ids), np.asarray(scores, dtype=np.float64), src, cat, cols)
-
-    @classmethod
-    def _own(cls, ids: np.ndarray, scores: np.ndarray, sources: np.ndarray, categories: np.ndarray,
-             columns: Mapping[str, np.ndarray]) -> "Candidates":
-        """An instance over arrays that nobody else holds writable: copies this module just made (fancy
-        indexing, concatenation) or another instance's read-only arrays and views of them. They are frozen in
-        place and not checked again (the helpers below derive them from a valid instance); a stage's
-        re-ranking makes a dozen instances a request, and the checks and views cost more than its NumPy."""
-        for a in (ids, scores, sources, categories, *columns.values()):
-            a.flags.writeable = False
-        obj = object.__new__(cls)
-        object.__setattr__(obj, "ids", ids)
-        object.__setattr__(obj, "scores", scores)
-        object.__setattr__(obj, "sources", sources)
-        object.__setattr__(obj, "categories", categories)
-        object.__setattr__(obj, "columns", MappingProxyType(dict(columns)))
-        return obj
 
     @classmethod
     def empty(cls) -> "Candidates":
@@ -165,16 +145,12 @@ class Candidates:
         idx = np.asarray(idx)
         if idx.dtype != bool:
             idx = idx.astype(np.intp, copy=False)
-        return Candidates._own(self.ids[idx], self.scores[idx], self.sources[idx], self.categories[idx],
-                               {k: v[idx] for k, v in self.columns.items()})
+        return Candidates(self.ids[idx], self.scores[idx], self.sources[idx], self.categories[idx],
+                          {k: v[idx] for k, v in self.columns.items()})
 
     def head(self, k: int) -> "Candidates":
         """The first `k` in list order (itself when it has no more than `k`)."""
-        if len(self) <= k:
-            return self
-        k = max(k, 0)
-        return Candidates._own(self.ids[:k], self.scores[:k], self.sources[:k], self.categories[:k],
-                               {name: v[:k] for name, v in self.columns.items()})
+        return self if len(self) <= k else self.take(np.arange(max(k, 0)))
 
     def ranked(self) -> "Candidates":
         """Sorted by score, highest first; ties keep list order (itself when already so)."""
@@ -187,15 +163,12 @@ class Candidates:
 
     def with_scores(self, scores: np.ndarray | Sequence[float]) -> "Candidates":
         """The same list with new scores (list order unchanged; call :meth:`ranked` to re-sort)."""
-        scores = np.asarray(scores, dtype=np.float64)
-        if scores.shape != (len(self),):
-            raise ValueError(f"scores must have length {len(self)}, got shape {scores.shape}")
-        return Candidates._own(self.ids, _frozen(scores), self.sources, self.categories, self.columns)
+        return Candidates(self.ids, np.asarray(scores, dtype=np.float64), self.sources, self.categories, self.columns)
 
     def with_columns(self, **columns: np.ndarray | Sequence) -> "Candidates":
         """The same list with columns added or replaced."""
-        new = {name: _checked_column(name, col, len(self)) for name, col in columns.items()}
-        return Candidates._own(self.ids, self.scores, self.sources, self.categories, {**self.columns, **new})
+        new = {k: np.asarray(v) for k, v in columns.items()}
+        return Candidates(self.ids, self.scores, self.sources, self.categories, {**self.columns, **new})
 
     def append(self, other: "Candidates") -> "Candidates":
         """`other` after this list; both must carry the same columns.
@@ -206,10 +179,10 @@ class Candidates:
         if set(self.columns) != set(other.columns):
             raise ValueError(f"cannot append candidates with columns {sorted(other.columns)} "
                              f"to candidates with columns {sorted(self.columns)}")
-        return Candidates._own(np.concatenate([self.ids, other.ids]), np.concatenate([self.scores, other.scores]),
-                               np.concatenate([self.sources, other.sources]),
-                               np.concatenate([self.categories, other.categories]),
-                               {k: np.concatenate([v, other.columns[k]]) for k, v in self.columns.items()})
+        return Candidates(np.concatenate([self.ids, other.ids]), np.concatenate([self.scores, other.scores]),
+                          np.concatenate([self.sources, other.sources]),
+                          np.concatenate([self.categories, other.categories]),
+                          {k: np.concatenate([v, other.columns[k]]) for k, v in self.columns.items()})
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{i}:{s:.3g}" for i, s, *_ in list(self)[:5])
