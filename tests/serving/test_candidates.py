@@ -58,7 +58,7 @@ def test_the_callers_arrays_stay_writable_and_are_not_shared_for_writing():
 
 def test_what_a_caller_hands_in_is_checked():
     base = _base()
-    with pytest.raises(ValueError, match="scores must have length 4"):
+    with pytest.raises(ValueError, match="must all have length 4"):
         base.with_scores([1.0, 2.0])
     with pytest.raises(ValueError, match="column 'm' has 3 rows, expected 4"):
         base.with_columns(m=np.ones(3))
