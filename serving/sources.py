@@ -305,6 +305,11 @@ class Catalog:
             self.content: np.ndarray | None = _unit_rows(np.asarray(content, dtype=np.float32))
         else:
             self.content = None
+        # read-only: the sources hand out views of these (e.g. the head of `popular_rows`)
+        for a in (self.item_ids, self.categories, self.category_codes, self.popular_rows, self.popularity,
+                  self.content, *(self.neighbours or ())):
+            if a is not None:
+                a.flags.writeable = False
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -420,15 +425,20 @@ class Source(ABC):
         merge. The built-in sources compute rows and scores and build candidates only when asked for
         :meth:`retrieve` (at 1M items, gathering each source's ids and categories from the catalog's
         object arrays cost a cache miss an item). This default reads them off :meth:`retrieve` (a custom
-        source): its `row` column, else its ids looked up in the catalog (unknown ids dropped).
+        source): its `row` column, else its ids looked up in the catalog; ids outside the catalog are
+        dropped, and an item listed twice keeps its first place.
         """
         got = self.retrieve(query, n).head(max(n, 0))
         if ROW in got.columns:
-            return np.asarray(got.column(ROW), dtype=np.int64), np.asarray(got.scores, dtype=np.float64)
-        c = self.catalog_
-        rows, _ = c.rows(got.ids.tolist())
-        keep = np.isin(got.ids, c.item_ids[rows])
-        return rows, np.asarray(got.scores, dtype=np.float64)[keep]
+            rows = np.asarray(got.column(ROW), dtype=np.int64)
+        else:
+            row_of = self.catalog_.row_of
+            rows = np.fromiter((row_of.get(i, -1) for i in got.ids.tolist()), dtype=np.int64, count=len(got))
+        # catalog items only, each once (its first place)
+        ok = np.flatnonzero(rows >= 0)
+        _, first = np.unique(rows[ok], return_index=True)
+        keep = ok[np.sort(first)]
+        return rows[keep], np.asarray(got.scores, dtype=np.float64)[keep]
 
     def _top(self, rows: np.ndarray, scores: np.ndarray, query: Query, n: int, presorted: bool = False
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -458,15 +468,24 @@ class Source(ABC):
 
 
 class RowSource(Source):
-    """A source that computes catalog rows and scores (:meth:`retrieve_rows`); :meth:`retrieve` wraps them as
-    candidates. The built-in sources are row sources."""
+    """A source that computes catalog rows and scores (:meth:`_rows`); :meth:`retrieve` wraps them as candidates
+    and :meth:`retrieve_rows` hands them over as they are. The built-in sources are row sources.
+
+    A subclass that overrides :meth:`retrieve` alone is served what its `retrieve` answers (read off it, as
+    for any custom source), never the rows its parent computes.
+    """
 
     def retrieve(self, query: Query, n: int) -> Candidates:
-        return self._candidates(*self.retrieve_rows(query, n))
+        return self._candidates(*self._rows(query, n))
+
+    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if type(self).retrieve is not RowSource.retrieve:  # a subclass changed what `retrieve` answers
+            return super().retrieve_rows(query, n)
+        return self._rows(query, n)
 
     @abstractmethod
-    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """See :meth:`Source.retrieve_rows`."""
+    def _rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(int64 catalog rows, float64 raw scores), best first, at most `n`, none that the query excludes."""
 
 
 #: no rows, no scores
@@ -503,7 +522,7 @@ class ScannSource(RowSource):
     config_class = TwoTowerSourceConfig
     needs = (SEARCHER,)
 
-    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
         if query.embedding is None or n <= 0:
             return _NONE
         c = self.catalog_
@@ -535,7 +554,7 @@ class BoughtTogetherSource(RowSource):
     config_class = BoughtTogetherSourceConfig
     needs = (BOUGHT_TOGETHER,)
 
-    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
         cfg, c = self.config, self.catalog_
         hist = c.users.get(query.user_id) if query.user_id is not None else None
         parts = [(query.cart, cfg.cart_weight), (query.viewed[-cfg.seed_items:], cfg.viewed_weight),
@@ -785,7 +804,7 @@ class ContentSource(RowSource):
             score = score + tw * matvec(c.content, text)
         return score
 
-    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
         got = self._query(query)
         if got is None or n <= 0:
             return _NONE
@@ -829,7 +848,7 @@ class RepeatSource(RowSource):
         self.scores_ = {u: h.purchases * np.power(0.5, h.age_days / decay) for u, h in catalog.users.items()}
         return self
 
-    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
         hist = self.catalog_.users.get(query.user_id) if query.user_id is not None else None
         if hist is None or n <= 0:
             return _NONE
@@ -860,7 +879,7 @@ class PopularInCategorySource(RowSource):
                     self.user_categories_[user] = top[counts[top] > 0]
         return self
 
-    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
         c = self.catalog_
         codes = [np.asarray([query.category]), c.category_codes[query.viewed], c.category_codes[query.cart]]
         if query.user_id is not None and query.user_id in self.user_categories_:
@@ -882,7 +901,7 @@ class PopularitySource(RowSource):
 
     config_class = PopularitySourceConfig
 
-    def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
         # only the first n + n_excluded can be in the answer: their scores alone are read (the whole list's
         # gather cost ~0.9 ms at 1M items, 100k best sellers)
         rows = self.catalog_.popular_rows[:max(n, 0) + query.n_excluded]

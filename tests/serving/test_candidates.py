@@ -1,5 +1,5 @@
-"""`Candidates`: every helper returns a read-only list, leaves its input and the caller's arrays alone, and checks
-what a caller hands it (the helpers skip re-checking what they derive themselves)."""
+"""`Candidates`: every helper returns a read-only list and leaves its input unchanged, and what a caller hands
+in is checked."""
 from __future__ import annotations
 
 import numpy as np
@@ -47,13 +47,15 @@ def test_helpers_answer_what_they_say():
     assert both.ids.dtype == object and both.scores.dtype == np.float64
 
 
-def test_the_callers_arrays_stay_writable_and_are_not_shared_for_writing():
+def test_the_callers_arrays_stay_writable_and_the_candidates_read_only_views_of_them():
     scores = np.array([1.0, 2.0, 3.0, 4.0])
     col = np.zeros(4)
     c = _base().with_scores(scores).with_columns(m=col)
-    assert scores.flags.writeable and col.flags.writeable
-    scores[0], col[0] = 9.0, 9.0  # the caller's own arrays: still theirs to change
+    assert scores.flags.writeable and col.flags.writeable  # the caller's own arrays: still theirs to change
     assert not c.scores.flags.writeable and not c.column("m").flags.writeable
+    # views, not copies (no copy per stage): a caller that writes into its array after handing it over
+    # changes the candidates too, so the stages never do
+    assert np.shares_memory(c.scores, scores) and np.shares_memory(c.column("m"), col)
 
 
 def test_what_a_caller_hands_in_is_checked():

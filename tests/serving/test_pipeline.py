@@ -337,6 +337,27 @@ def test_per_item_rules_promotion_pin_and_diversity(base):
     assert "NEW-1" not in ids(rec.recommend("U002", 5, exclude=["NEW-1"]))
 
 
+def test_pins_of_catalog_items_are_found_by_row_and_never_inserted_against_the_request(base):
+    small = with_config(base, {"retrieval": {"k": 10}}, ranker=RetrievalScoreRanker())
+    query, _, _ = small.query("U002")
+    retrieved = small.retriever.retrieve(query, 10).ids.tolist()
+    present = retrieved[3]
+    absent = next(i for i in small.catalog.item_ids.tolist() if i not in retrieved)  # in the catalog, not retrieved
+    rec = with_config(base, {"retrieval": {"k": 10}, "rules": [
+        {"type": "pin", "name": "kept", "item": present, "position": 1, "insert": True},
+        {"type": "pin", "name": "added", "item": absent, "position": 2, "insert": True}]},
+        ranker=RetrievalScoreRanker())
+    r = rec.recommend("U002", 5)
+    assert ids(r)[:2] == [present, absent] and ids(r).count(present) == 1
+    assert r.items[0].source != "pin" and r.items[1].source == "pin"  # retrieved once, not inserted again
+    everything = ids(rec.recommend("U002", 50))
+    assert len(everything) == len(set(everything))
+    # excluded by the request, through its cart or `exclude`: never inserted
+    for item in (present, absent):
+        for kw in ({"session": SessionContext(cart=[item])}, {"exclude": [item]}):
+            assert item not in ids(rec.recommend("U002", 5, **kw)), (item, kw)
+
+
 RULE_ST_CATS = ["mugs", "toys", "garden", None]
 
 

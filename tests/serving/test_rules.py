@@ -386,6 +386,26 @@ def test_insertable_pin_goes_through_stock_and_blocks():
         chain.add_pinned(base.with_columns(in_stock=np.array([True, True])), ctx)
 
 
+def test_pins_to_insert_and_pinned():
+    cfg = parse_config({"rules": [
+        {"type": "pin", "name": "p1", "item": "z", "position": 1, "insert": True},
+        {"type": "pin", "name": "p2", "item": "y", "position": 2, "insert": True,
+         "start": (T0 + dt.timedelta(days=1)).isoformat()},
+        {"type": "pin", "name": "p3", "item": "x", "position": 3},  # not insertable
+        {"type": "pin", "name": "p4", "item": "w", "position": 4, "insert": True}]})
+    chain = RuleChain.from_config(cfg.rules)
+    ctx = RuleContext(T0)
+    assert chain.pins_to_insert(ctx, lambda item: False) == ["z", "w"]  # declared order; y not active yet
+    assert chain.pins_to_insert(ctx, {"w"}.__contains__) == ["z"]
+    assert chain.pins_to_insert(RuleContext(T0 + dt.timedelta(days=2)), lambda item: False) == ["z", "y", "w"]
+    got = chain.pinned(["z", "w"], np.array([0.7, np.nan, -0.2]), {"z": "toys"}, {"row": np.array([4, 9])})
+    assert got.ids.tolist() == ["z", "w"] and got.scores.tolist() == [-0.2, -0.2]
+    assert got.sources.tolist() == ["pin", "pin"] and got.categories.tolist() == ["toys", None]
+    assert got.column("row").tolist() == [4, 9]
+    assert chain.pinned(["z"], np.array([np.nan])).scores.tolist() == [0.0]  # no score present: 0.0
+    assert chain.pinned(["z"], np.zeros(0)).scores.tolist() == [0.0]
+
+
 def test_wiring_fails_at_build_time():
     chain = RuleChain.from_config(parse_config({"rules": [{"type": "out_of_stock"},
                                                           {"type": "margin_target", "margin_weight": 0.5}]}).rules,

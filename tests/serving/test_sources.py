@@ -384,12 +384,50 @@ class FixedSource(Source):
         return Candidates.from_lists(ids, -np.arange(len(ids), dtype=float), self.name)
 
 
+class RowsSource(Source):
+    """A custom source with its own `row` column: a row twice and a row outside the catalog."""
+
+    def retrieve(self, query, n):
+        return Candidates.from_lists(["c", "x", "c", "a"], [3.0, 2.5, 2.0, 1.0], self.name,
+                                     columns={ROW: np.array([2, -1, 2, 0])})
+
+
+class NoAPopularity(PopularitySource):
+    """A built-in source subclassed to change what `retrieve` answers (drops item "a")."""
+
+    def retrieve(self, query, n):
+        got = super().retrieve(query, n + 1)
+        return got.take(got.ids != "a").head(n)
+
+
+def test_a_subclass_overriding_retrieve_is_served_what_it_answers(tiny):
+    plain = _retriever(tiny, ["popularity"]).retrieve(q(tiny), 4)
+    assert "a" in plain.ids.tolist()
+    got = _retriever(tiny, [{"type": "tests.serving.test_sources.NoAPopularity", "name": "pop",
+                             "params": {"type": "popularity"}}]).retrieve(q(tiny), 4)
+    assert "a" not in got.ids.tolist() and len(got) == 4
+    src = NoAPopularity(None, "pop").bind(tiny)
+    rows, scores = src.retrieve_rows(q(tiny), 4)
+    mine = src.retrieve(q(tiny), 4)
+    assert rows.tolist() == mine.column(ROW).tolist() and scores.tolist() == mine.scores.tolist()
+
+
 def test_custom_sources_by_dotted_path_and_wiring_errors(tiny):
     r = _retriever(tiny, [{"type": "tests.serving.test_sources.FixedSource", "name": "fixed",
                            "params": {"ids": ["c", "nope", "a"]}}])
     got = r.retrieve(q(tiny), 5)  # unknown ids are dropped, rows looked up
     assert got.ids.tolist() == ["c", "a"] and got.column(ROW).tolist() == [2, 0] and set(got.sources) == {"fixed"}
     assert got.column(RETRIEVAL_SCORE).tolist() == [-0.0, -2.0]  # each kept id keeps its own score
+    # an item listed twice keeps its first place; a `row` outside the catalog is dropped
+    r = _retriever(tiny, [{"type": "tests.serving.test_sources.FixedSource", "name": "fixed",
+                           "params": {"ids": ["c", "a", "c", "nope", "a", "b"]}}])
+    got = r.retrieve(q(tiny), 6)
+    assert got.ids.tolist() == ["c", "a", "b"] and got.column(RETRIEVAL_SCORE).tolist() == [-0.0, -1.0, -5.0]
+    rows, scores = r.slots[0].source.retrieve_rows(q(tiny), 6)  # distinct rows, as every source answers
+    assert rows.tolist() == [2, 0, 1] and scores.tolist() == [-0.0, -1.0, -5.0]
+    r = _retriever(tiny, [{"type": "tests.serving.test_sources.RowsSource", "name": "rows"}])
+    got = r.retrieve(q(tiny), 6)
+    assert got.column(ROW).tolist() == [2, 0] and got.column(RETRIEVAL_SCORE).tolist() == [3.0, 1.0]
     with pytest.raises(SourceWiringError, match="cannot import 'no.such.Source'"):
         _retriever(tiny, [{"type": "no.such.Source"}])
     with pytest.raises(SourceWiringError, match="is not a serving.sources.Source subclass"):
