@@ -216,7 +216,7 @@ class StageTimers:
         self._undo: list = []
 
     def _wrap(self, obj, attr: str, name: str, count: bool | Callable = False) -> None:
-        """Time `obj.attr` as stage `name`; `count`: count len(result) (True) or len(count(result))."""
+        """Time `obj.attr` as stage `name`; `count`: count len(result) (True) or count(result) (a callable)."""
         orig = getattr(obj, attr)
         cur, counts = self.cur, self.counts
         size = (count if callable(count) else len) if count else None
@@ -250,7 +250,7 @@ class StageTimers:
         for slot in r.retriever.slots:
             # what the retriever calls: (rows, scores)
             self._wrap(slot.source, "retrieve_rows", f"retrieval.{slot.source.name}",
-                       count=lambda out: out[0])
+                       count=lambda out: len(out[0]))
         self._wrap(r, "_add_pinned", "pins_inserted", count=True)
         self._wrap(r.item_columns, "fill", "columns")
         self._wrap(r.ranker, "score", "ranking_hook")
