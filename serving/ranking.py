@@ -12,8 +12,8 @@ Per request, the m candidates' feature matrix [m, F] in the model's column order
   stage (:class:`serving.features.OnlineUserFeatures`, which reads these
   views as well when the bundle has a ranker);
 * **item** (`item_purchase_stats`, `item_activity_windows`, `item_content`):
-  gathered from the bundle's :class:`feature_repo.item_matrix.ItemFeatureMatrix` by
-  catalog row (the fast path: Feast's SDK for 500 items costs 60-110 ms);
+  gathered from the bundle's :class:`feature_repo.item_matrix.ItemFeatureMatrix`, held as one
+  row-major block, by catalog row (the fast path: Feast's SDK for 500 items costs 60-110 ms);
 * **user x item, user x category** (`user_item_history`,
   `user_category_history`): read online through the online store's own read
   (on the repo's SQLite store with keys serialized without protos,

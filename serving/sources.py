@@ -414,8 +414,8 @@ class Source(ABC):
             At most n distinct catalog items, none excluded by the query,
             sorted by score (highest first), `sources` = this source's name,
             `categories` from the catalog and the int64 `row` column (a
-            custom source may leave `row` out: the retriever looks the ids up
-            and drops those outside the catalog).
+            custom source may leave `row` out: :meth:`retrieve_rows` looks the
+            ids up and drops those outside the catalog).
         """
 
     def retrieve_rows(self, query: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -620,8 +620,10 @@ def _kmeans_leaves(x: np.ndarray, idx: np.ndarray, leaf_size: int, rng: np.rando
 class ContentIndex:
     """Exact top-n search for :class:`ContentSource`: `bonus[category] + tw * (x . q)` over unit rows x.
 
-    Built once per bundle: the items of each category (unknown categories
-    form one more group) are cut into leaves of at most
+    Built once per bundle (with its own copy of the embeddings in leaf
+    order, N x d float32, so that a leaf is one contiguous read): the items
+    of each category (unknown categories form one more group) are cut into
+    leaves of at most
     :data:`CONTENT_LEAF_SIZE` items by a k-means tree on their embeddings,
     and each leaf keeps its category, centre c and radius r (the farthest of
     its rows from c). For a query, a leaf's items all score at most
