@@ -52,7 +52,7 @@ the 2 cores with the server). Per case:
    falls behind shows it (no coordinated omission). Sends leave on time: each
    sleeps until 1.5 ms before its time and then polls the event loop
    (`asyncio.sleep(0)`, so answers arriving meanwhile are read) until it; a
-   plain `asyncio.sleep` woke 0.1-0.5 ms late at the median and 0.9-2 ms at
+   plain `asyncio.sleep` woke up to 0.5 ms late at the median and up to 2 ms at
    p99 (the reported `send_lag_ms`), which counted as server latency. The goal
    is judged here.
 
