@@ -423,10 +423,10 @@ class Source(ABC):
 
         What the :class:`Retriever` asks for: it merges rows and builds the candidates once, after the
         merge. The built-in sources compute rows and scores and build candidates only when asked for
-        :meth:`retrieve` (at 1M items, gathering each source's ids and categories from the catalog's
-        object arrays cost a cache miss an item). This default reads them off :meth:`retrieve` (a custom
-        source): its `row` column, else its ids looked up in the catalog; ids outside the catalog are
-        dropped, and an item listed twice keeps its first place.
+        :meth:`retrieve` (each source gathered its items' ids and categories from the catalog's object
+        arrays at scattered rows, only for the retriever to read the rows back). This default reads them off
+        :meth:`retrieve` (a custom source): its `row` column, else its ids looked up in the catalog; ids
+        outside the catalog are dropped, and an item listed twice keeps its first place.
         """
         got = self.retrieve(query, n).head(max(n, 0))
         if ROW in got.columns:
