@@ -75,7 +75,8 @@ class OnlineFeatureReader:
 
     Args:
         store: a Feast FeatureStore.
-        refs: `view:feature` references or a FeatureService.
+        refs: `view:feature` references or a FeatureService (a projection renamed in it,
+            `view.with_name(alias)`, is answered under its alias, as Feast answers it).
         max_age: per view name, the oldest age a value may have (default: the view's TTL;
             a view with no TTL is never stale).
     """
@@ -83,10 +84,15 @@ class OnlineFeatureReader:
     def __init__(self, store: FeatureStore, refs, max_age: dict[str, dt.timedelta] | None = None):
         self.store = store
         self.refs = refs
+        # (view, feature, the name Feast answers it under: the projection's alias, else the view)
         if hasattr(refs, "feature_view_projections"):
-            pairs = [(p.name, f.name) for p in refs.feature_view_projections for f in p.features]
+            self.features = [(p.name, f.name, p.name_to_use()) for p in refs.feature_view_projections
+                             for f in p.features]
+            remapped = any(p.join_key_map for p in refs.feature_view_projections)
         else:
-            pairs = [tuple(r.split(":", 1)) for r in refs]
+            self.features = [(*r.split(":", 1), r.split(":", 1)[0]) for r in refs]
+            remapped = False
+        pairs = [(view, feat) for view, feat, _ in self.features]
         self.pairs = pairs
         ttl = {}
         for view, _ in pairs:
@@ -97,7 +103,8 @@ class OnlineFeatureReader:
                 except Exception:  # an on-demand view has no stored time
                     ttl[view] = None
         self.max_age = {**ttl, **(max_age or {})}
-        self._direct = self._direct_views()
+        # a projection reading other join keys (`with_join_key_map`): the SDK maps them
+        self._direct = None if remapped else self._direct_views()
 
     def _read_direct(self, entity_rows: list[dict]) -> dict[str, list]:
         """What `get_online_features(...).to_dict(include_event_timestamps=True)` answers, read by serialized
@@ -107,7 +114,7 @@ class OnlineFeatureReader:
         from feature_repo.online_stores import string_entity_keys
 
         resp: dict[str, list] = {}
-        for view, (fv, join_keys, feats) in self._direct.items():
+        for name, (fv, join_keys, feats) in self._direct.items():
             keys = string_entity_keys(join_keys, [[row[k] for k in join_keys] for row in entity_rows])
             got = self._online.read_serialized(self.store.config, fv, keys)
             for feat in feats:
@@ -116,24 +123,24 @@ class OnlineFeatureReader:
                     v = row.get(feat) if row is not None else None
                     values.append(None if v is None else feast_value_type_to_python_type(v))
                     stamps.append(int(ts.timestamp()) if ts is not None and row is not None else 0)
-                resp[f"{view}__{feat}"] = values
-                resp[f"{view}__{feat}{TS_SUFFIX}"] = stamps
+                resp[f"{name}__{feat}"] = values
+                resp[f"{name}__{feat}{TS_SUFFIX}"] = stamps
         return resp
 
     def _direct_views(self) -> dict[str, tuple[Any, list[str], list[str]]] | None:
-        """{view: (FeatureView, its join keys, the features read)} when every view can be read as the ranker
-        reads user x item rows: straight from the repo's SQLite store by serialized key
-        (`OrderedSqliteOnlineStore.read_serialized`, string join keys, key serialization version 3); None
-        otherwise (Redis, an on-demand view, other keys): the SDK. The join keys are kept (Feast's `join_keys`
-        property builds its list anew on every call)."""
+        """{the name answered under (alias or view): (FeatureView, its join keys, the features read)} when every
+        view can be read as the ranker reads user x item rows: straight from the repo's SQLite store by
+        serialized key (`OrderedSqliteOnlineStore.read_serialized`, string join keys, key serialization version
+        3); None otherwise (Redis, an on-demand view, other keys): the SDK. The join keys are kept (Feast's
+        `join_keys` property builds its list anew on every call)."""
         from feature_repo.online_stores import OrderedSqliteOnlineStore
 
         online = getattr(self.store._get_provider(), "online_store", None)
         if not isinstance(online, OrderedSqliteOnlineStore) or self.store.config.entity_key_serialization_version != 3:
             return None
         views = {}
-        for view, _ in self.pairs:
-            if view in views:
+        for view, _, name in self.features:
+            if name in views:
                 continue
             try:
                 fv = self.store.get_feature_view(view)
@@ -141,9 +148,9 @@ class OnlineFeatureReader:
                 return None
             if not fv.join_keys or any(str(c.dtype) != "String" for c in fv.entity_columns):
                 return None
-            views[view] = (fv, list(fv.join_keys), [])
-        for view, feat in self.pairs:
-            views[view][2].append(feat)
+            views[name] = (fv, list(fv.join_keys), [])
+        for _, feat, name in self.features:
+            views[name][2].append(feat)
         self._online = online
         self._join_keys = sorted({k for _, keys, _ in views.values() for k in keys})
         return views
@@ -183,14 +190,14 @@ class OnlineFeatureReader:
                 raise OnlineStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         out = OnlineRead(rows=[{} for _ in entity_rows])
         now_s = now.timestamp()
-        for view, feat in self.pairs:
-            key = f"{view}__{feat}"
+        for view, feat, name in self.features:
+            key = f"{name}__{feat}"
             values = resp.get(key, [None] * len(entity_rows))
             stamps = resp.get(key + TS_SUFFIX, [0] * len(entity_rows))
             limit = self.max_age.get(view)
             for i, (v, ts) in enumerate(zip(values, stamps)):
                 if v is not None and limit is not None and ts and now_s - ts > limit.total_seconds():
-                    out.stale.append(f"{view}:{feat}")
+                    out.stale.append(f"{name}:{feat}")
                     v = None
                 out.rows[i][feat] = v
         return out

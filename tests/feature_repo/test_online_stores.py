@@ -252,6 +252,41 @@ def test_direct_sqlite_reads_answer_what_the_sdk_answers(store):
     assert sessions_read.rows[0][n.SESSION_VIEWED] == ["I001"]  # lists come back as lists
 
 
+def test_a_service_projection_renamed_with_an_alias_reads_the_views_values(store):
+    """A FeatureService may rename a view (`view.with_name(alias)`): Feast answers its features under the
+    alias; the reader reads them, directly and through the SDK, as it reads the view's own name (it used to
+    look them up under the view's name and answer None for every one), and names stale values by the alias."""
+    from feast import FeatureService
+
+    fs, events, _ = store
+    fs.materialize(start_date=dt.datetime(2010, 12, 1, tzinfo=dt.timezone.utc),
+                   end_date=dt.datetime(2012, 1, 1, tzinfo=dt.timezone.utc))
+    users = sorted(events[n.USER_ID].dropna().astype(str).unique())
+    rows = [{n.USER_ID: u} for u in [*users, "nobody"]]
+    stats = fs.get_feature_view(n.USER_STATS_VIEW)
+    windows = fs.get_feature_view(n.USER_WINDOWS_VIEW)
+    service = FeatureService(name="aliased", features=[stats.with_name("shopper")[[n.USER_PURCHASE_COUNT]],
+                                                       windows.with_name("recent")[["user_purchases_30d"]]])
+    fs.apply([service])  # the SDK reads a service from the registry
+    plain = OnlineFeatureReader(fs, [f"{n.USER_STATS_VIEW}:{n.USER_PURCHASE_COUNT}",
+                                     f"{n.USER_WINDOWS_VIEW}:user_purchases_30d"],
+                                {n.USER_WINDOWS_VIEW: dt.timedelta(days=30)})
+    aliased = OnlineFeatureReader(fs, service, {n.USER_WINDOWS_VIEW: dt.timedelta(days=30)})
+    last = pd.Timestamp(events[n.EVENT_TIMESTAMP].max())
+    for now in (last + pd.Timedelta(days=1), last + pd.Timedelta(days=60)):  # windows fresh, then stale
+        now = now.to_pydatetime()
+        aliased._direct = aliased._direct_views()
+        want = plain.read(rows, now)
+        assert any(row[n.USER_PURCHASE_COUNT] is not None for row in want.rows)
+        for path in ("as built", "sdk"):
+            if path == "sdk":
+                aliased._direct = None
+            got = aliased.read(rows, now)
+            assert got.rows == want.rows, path
+            assert got.stale == [f.replace(n.USER_WINDOWS_VIEW, "recent") for f in want.stale], path
+        assert any(row["user_purchases_30d"] is not None for row in want.rows) != bool(want.stale)
+
+
 def test_a_failing_direct_read_is_the_store_or_falls_back_to_the_sdk(tmp_path, monkeypatch):
     """The SQLite store failing is a store outage (the caller's fallback); a bug in the direct read is not:
     that read and every later one go through the SDK."""
