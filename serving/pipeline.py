@@ -816,12 +816,13 @@ class Recommender:
             r = row_of.get(item, -1)
             return r >= 0 and bool((rows == r).any())
 
-        new = chain.pins_to_insert(context, present)
         banned = set(exclude)
-        new = [i for i in new if i not in banned and not (row_of.get(i, -1) >= 0 and query.excluded[row_of[i]])]
+        new = [(i, row_of.get(i, -1)) for i in chain.pins_to_insert(context, present) if i not in banned]
+        new = [(i, r) for i, r in new if not (r >= 0 and query.excluded[r])]
         if not new:
             return candidates
-        new_rows = np.asarray([row_of.get(i, -1) for i in new], dtype=np.int64)
+        new_rows = np.asarray([r for _, r in new], dtype=np.int64)
+        new = [i for i, _ in new]
         extra = chain.pinned(new, candidates.scores, self.categories,
                              {ROW: new_rows, FOUND_BY: np.zeros(len(new), dtype=np.int64),
                               RETRIEVAL_SCORE: np.full(len(new), np.nan)})

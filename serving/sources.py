@@ -310,9 +310,20 @@ class Catalog:
                   self.content, *(self.neighbours or ())):
             if a is not None:
                 a.flags.writeable = False
+        self._content_index: ContentIndex | None = None
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+    def content_index(self) -> "ContentIndex":
+        """The :class:`ContentIndex` over `content` and `category_codes`, built on first use and shared by every
+        content source of this catalog (it keeps its own copy of the embeddings: one per catalog, not one per
+        source). Needs `content`."""
+        if self.content is None:
+            raise ValueError("the catalog has no content embeddings to index")
+        if self._content_index is None:
+            self._content_index = ContentIndex(self.content, self.category_codes)
+        return self._content_index
 
     @classmethod
     def from_bundle(cls, bundle) -> "Catalog":
@@ -620,8 +631,9 @@ def _kmeans_leaves(x: np.ndarray, idx: np.ndarray, leaf_size: int, rng: np.rando
 class ContentIndex:
     """Exact top-n search for :class:`ContentSource`: `bonus[category] + tw * (x . q)` over unit rows x.
 
-    Built once per bundle (with its own copy of the embeddings in leaf
-    order, N x d float32, so that a leaf is one contiguous read): the items
+    Built once per catalog (`Catalog.content_index`, shared by its content
+    sources; with its own copy of the embeddings in leaf order, N x d
+    float32, so that a leaf is one contiguous read): the items
     of each category (unknown categories form one more group) are cut into
     leaves of at most
     :data:`CONTENT_LEAF_SIZE` items by a k-means tree on their embeddings,
@@ -653,6 +665,7 @@ class ContentIndex:
         self.perm = np.concatenate(leaves or [_EMPTY_ROWS]).astype(np.int64)  # rows, leaf after leaf
         # the rows' embeddings in that order: a leaf is read as one contiguous block, not row by row
         self.content = content.take(self.perm, axis=0)
+        self.content.flags.writeable = False  # shared by the catalog's content sources
         self.sizes = np.asarray([len(leaf) for leaf in leaves], dtype=np.int64)
         self.start = np.r_[0, np.cumsum(self.sizes)].astype(np.int64)
         self.category = codes[self.perm[self.start[:-1]]]
@@ -772,7 +785,7 @@ class ContentSource(RowSource):
             np.add.at(sums, codes[ok], catalog.content[ok])
             self.centroids_ = _unit_rows(sums)
             if self.text_weight_ > 0:
-                self.index_ = ContentIndex(catalog.content, codes)
+                self.index_ = catalog.content_index()
         return self
 
     def _query(self, query: Query) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:

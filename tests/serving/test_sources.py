@@ -229,6 +229,25 @@ def test_content_index_returns_what_a_full_scan_returns(monkeypatch, kind, text_
                 np.testing.assert_allclose(full[got.column(ROW)], got.scores, rtol=0, atol=1e-6)
 
 
+def test_content_sources_of_one_catalog_share_its_content_index():
+    """Two content sources (other weights, quotas) over one catalog search one index, one leaf-order copy of
+    the embeddings, read-only; each answers what it answers alone over a catalog of its own."""
+    catalog = _content_catalog("clustered")
+    configs = [ContentSourceConfig(type="content", text_weight=0.5),
+               ContentSourceConfig(type="content", text_weight=1.0, seed_items=1)]
+    shared = [ContentSource(cfg).bind(catalog) for cfg in configs]
+    assert shared[0].index_ is shared[1].index_ is catalog.content_index()
+    assert not shared[0].index_.content.flags.writeable
+    alone = [ContentSource(cfg).bind(_content_catalog("clustered")) for cfg in configs]
+    assert alone[0].index_ is not shared[0].index_
+    for query, n in _content_queries(catalog, 20):
+        for a, b in zip(shared, alone):
+            got, want = a.retrieve_rows(query, n), b.retrieve_rows(query, n)
+            assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+    with pytest.raises(ValueError, match="no content embeddings"):
+        Catalog(["a"], ["x"], [], None, AS_OF).content_index()
+
+
 def test_content_index_reads_a_small_part_of_a_clustered_catalog(monkeypatch):
     catalog = _content_catalog("clustered", n_items=20_000)
     src = ContentSource(ContentSourceConfig(type="content")).bind(catalog)
