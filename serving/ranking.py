@@ -111,6 +111,8 @@ class ScoreState:
                                       count=len(catalog))
         parts = [np.load(directory / f"knn_{p}.npy", allow_pickle=False) for p in ("data", "indices", "indptr")]
         self.knn = sp.csr_matrix(tuple(parts), shape=(self.n, self.n))
+        # its transpose, for reading S[:, j] of the candidates when that is fewer entries than the user's rows
+        self.knn_t = self.knn.T.tocsr()
         ease = directory / "ease.npy"
         self.ease = np.load(ease, allow_pickle=False) if ease.is_file() else None
         prof = pd.read_parquet(directory / "profiles.parquet")
@@ -128,11 +130,17 @@ class ScoreState:
         """For each weighting w (an array over the user's items, or None for 1): sum over the user's items i of
         w_i S[i, j], for each target column j.
 
-        What `profile @ S` computes offline, from the user's rows of S only (nothing the size of the
-        catalog per request; the neighbour entries are gathered and placed once for all weightings):
+        What `profile @ S` computes offline, from the entries of S that join the user's items (`cols`, sorted
+        and distinct) to the targets only (nothing the size of the catalog per request; the entries are
+        gathered and placed once for all weightings): the user's rows of S, or the targets' columns where
+        those hold fewer entries (a heavy buyer's 1,000+ rows against a few hundred candidates' columns).
         float32 products, summed per target in float64 and rounded to float32 (scipy sums in float32: the
         two differ in the last bits; tests/serving/test_ranking.py allows 2e-6 relative).
         """
+        by_row = self.knn.indptr
+        by_col = self.knn_t.indptr
+        if (by_row[cols + 1] - by_row[cols]).sum() > (by_col[targets + 1] - by_col[targets]).sum():
+            return self._knn_by_target(cols, weights, targets)
         S = self.knn
         lo, hi = S.indptr[cols], S.indptr[cols + 1]
         counts = hi - lo
@@ -155,6 +163,25 @@ class ScoreState:
             scored = np.empty(len(targets), dtype=np.float32)
             scored[order] = sums
             out.append(scored)
+        return out
+
+    def _knn_by_target(self, cols: np.ndarray, weights: Sequence[np.ndarray | None], targets: np.ndarray
+                       ) -> list[np.ndarray]:
+        """:meth:`_knn` from the targets' columns of S: each column's entries S[i, j] whose item i is one of the
+        user's (`cols` is sorted), weighted and summed per target as the rows' way does."""
+        St = self.knn_t
+        lo, hi = St.indptr[targets], St.indptr[targets + 1]
+        counts = hi - lo
+        take = np.repeat(lo - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(counts.sum())
+        i = St.indices[take]
+        pos = np.minimum(np.searchsorted(cols, i), len(cols) - 1)
+        hit = cols[pos] == i
+        slot = np.repeat(np.arange(len(targets)), counts)[hit]
+        at, data = pos[hit], St.data[take][hit]
+        out = []
+        for w in weights:
+            v = data if w is None else (w[at] * data).astype(np.float32)
+            out.append(np.bincount(slot, weights=v, minlength=len(targets)).astype(np.float32))
         return out
 
     def scores(self, user_id: str, rows: np.ndarray, now: dt.datetime) -> dict[str, np.ndarray]:

@@ -205,3 +205,36 @@ def test_a_bug_in_the_rankers_read_is_not_taken_for_a_store_outage(served):
     with pytest.raises(TypeError):
         rec.features.guarded(buggy)
     assert breaker.state == before == "closed"
+
+
+def test_knn_scores_from_the_users_rows_or_the_candidates_columns_are_profile_times_similarity(served,
+                                                                                             monkeypatch):
+    """`ScoreState._knn` reads the user's rows of S, or the candidates' columns where those hold fewer entries;
+    both ways give what `profile @ S` gives (scipy, float64), for heavy and light buyers and few or many
+    candidates, and both ways are taken."""
+    import scipy.sparse as sp
+
+    *_, rec = served
+    state = rec.ranker.state
+    users = sorted(state.span, key=lambda u: state.span[u][0] - state.span[u][1])  # most items first
+    users = users[:3] + users[len(users) // 2:][:3] + users[-3:]
+    by_target = []
+    spy = state._knn_by_target
+    monkeypatch.setattr(state, "_knn_by_target", lambda *a: by_target.append(1) or spy(*a))
+    rng = np.random.default_rng(0)
+    taken = set()
+    for user in users:
+        s, e = state.span[user]
+        cols, w = state.cols[s:e], state.w_long[s:e]
+        for m in (3, min(state.n, 200)):
+            targets = rng.choice(state.n, m, replace=False)
+            want = [sp.csr_matrix((np.ones(len(cols)), (np.zeros(len(cols), int), cols)), shape=(1, state.n)),
+                    sp.csr_matrix((w.astype(np.float64), (np.zeros(len(cols), int), cols)), shape=(1, state.n))]
+            want = [np.asarray((p @ state.knn.astype(np.float64))[:, targets].todense()).ravel() for p in want]
+            before = len(by_target)
+            got = state._knn(cols, (None, w), targets)
+            taken.add(len(by_target) > before)
+            for g, t in zip([*got, *spy(cols, (None, w), targets)], want * 2):
+                assert g.dtype == np.float32
+                np.testing.assert_allclose(g, t, rtol=2e-6, atol=1e-7, err_msg=user)
+    assert taken == {True, False}
