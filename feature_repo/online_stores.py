@@ -118,12 +118,19 @@ class OrderedSqliteOnlineStore(SqliteOnlineStore):
                 for k in entity_keys]
         return self.read_serialized(config, table, keys)
 
-    def read_serialized(self, config, table, keys: list[bytes]):
-        """:meth:`online_read` of keys already serialized (:func:`string_entity_keys`, or Feast's own)."""
+    def fetch_serialized(self, config, table, keys: list[bytes]) -> list[tuple[bytes, str, bytes, str | None]]:
+        """The stored rows of keys already serialized (:func:`string_entity_keys`, or Feast's own), by key:
+        (entity key, feature name, serialized ValueProto, event time as stored), one row per feature; a key
+        without a row has none. What :meth:`read_serialized` groups and parses; a caller that wants numbers
+        only may decode the values itself (serving's ranker does)."""
         conn = self._get_conn(config)
         name = _quote_id(_table_id(config.project, table, config.registry.enable_online_feature_view_versioning))
-        rows = conn.execute(f"SELECT entity_key, feature_name, value, CAST(event_ts AS TEXT) FROM {name} "
+        return conn.execute(f"SELECT entity_key, feature_name, value, CAST(event_ts AS TEXT) FROM {name} "
                             f"WHERE entity_key IN ({','.join('?' * len(keys))}) ORDER BY entity_key", keys).fetchall()
+
+    def read_serialized(self, config, table, keys: list[bytes]):
+        """:meth:`online_read` of keys already serialized (:func:`string_entity_keys`, or Feast's own)."""
+        rows = self.fetch_serialized(config, table, keys)
         grouped = {k: list(g) for k, g in itertools.groupby(rows, key=lambda r: r[0])}
         result = []
         for key in keys:

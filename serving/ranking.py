@@ -17,7 +17,8 @@ Per request, the m candidates' feature matrix [m, F] in the model's column order
 * **user x item, user x category** (`user_item_history`,
   `user_category_history`): read online through the online store's own read
   (on the repo's SQLite store with keys serialized without protos,
-  `feature_repo.online_stores.string_entity_keys`; on others through the
+  `feature_repo.online_stores.string_entity_keys`, and the stored values
+  decoded straight to numbers, :meth:`PairReader.matrix`; on others through the
   Feast provider's `online_read`: the SDK's per-row response building is
   what makes it slow) for the pairs that can have a row: those with a row at the bundle's
   as-of instant (`pairs.parquet`, `category_pairs.parquet`) and the
@@ -91,6 +92,10 @@ def _value(v) -> Any:
     """A Feast ValueProto as a Python scalar (None when unset)."""
     kind = v.WhichOneof("val")
     return None if kind is None or kind == "null_val" else getattr(v, kind)
+
+
+#: distinct stored values :meth:`PairReader.matrix` keeps decoded (counts, days and flags repeat across rows)
+DECODED_VALUES_KEPT = 1 << 16
 
 
 class ScoreState:
@@ -239,6 +244,7 @@ class PairReader:
         views = definitions.ranking_views()
         self.views = {name: store.get_feature_view(name) for name in (PAIR_VIEW, CATEGORY_VIEW)}
         self.fields = {name: [f.name for f in views[name].features] for name in self.views}
+        self._decoded: dict[bytes, float] = {}  # serialized value -> number (`matrix`)
 
     def read(self, view: str, join_keys: Sequence[str], keys: Sequence[tuple[str, str]]) -> list[dict | None]:
         """One dict of field -> value (None if missing) per key, or None for a key with no row."""
@@ -257,6 +263,55 @@ class PairReader:
         except Exception as exc:  # the store failed: a fallback (OnlineUserFeatures.guarded counts it), never a 5xx
             raise OnlineStoreUnavailable(f"{view}: {type(exc).__name__}: {exc}") from exc
         return [None if values is None else {k: _value(v) for k, v in values.items()} for _, values in got]
+
+    def matrix(self, view: str, join_keys: Sequence[str], keys: Sequence[tuple[str, str]],
+               fields: Sequence[str]) -> np.ndarray:
+        """:meth:`read` as numbers: (len(keys), len(fields)) float64, NaN where a key has no row or a value is
+        unset.
+
+        On the repo's SQLite store the stored rows are decoded here: each distinct serialized value once while
+        at most :data:`DECODED_VALUES_KEPT` are kept (a heavy buyer's read is ~1,000 values: a proto parse and
+        a dict entry each cost more than the SQL read per row); elsewhere from :meth:`read`.
+
+        Raises:
+            OnlineStoreUnavailable: the store failed.
+        """
+        out = np.full((len(keys), len(fields)), np.nan)
+        if not keys:
+            return out
+        col = {f: j for j, f in enumerate(fields)}
+        if self._serialized is None or self.store.config.entity_key_serialization_version != 3:
+            for i, values in enumerate(self.read(view, join_keys, keys)):
+                for f, v in (values or {}).items():
+                    if f in col and v is not None:
+                        out[i, col[f]] = float(v)
+            return out
+        serialized = string_entity_keys(join_keys, keys)
+        try:
+            rows = self._serialized.fetch_serialized(self.store.config, self.views[view], serialized)
+        except Exception as exc:  # the store failed, as in `read`
+            raise OnlineStoreUnavailable(f"{view}: {type(exc).__name__}: {exc}") from exc
+        at: dict[bytes, list[int]] = {}
+        for i, key in enumerate(serialized):
+            at.setdefault(key, []).append(i)
+        decoded, Value = self._decoded, self._value
+        ii, jj, vv = [], [], []
+        for key, feat, blob, _ in rows:
+            j = col.get(feat)
+            if j is None:
+                continue
+            v = decoded.get(blob)
+            if v is None:
+                x = _value(Value.FromString(blob))
+                v = np.nan if x is None else float(x)
+                if len(decoded) < DECODED_VALUES_KEPT:
+                    decoded[blob] = v
+            for i in at[key]:
+                ii.append(i)
+                jj.append(j)
+                vv.append(v)
+        out[ii, jj] = vv
+        return out
 
 
 class LearnedRanker:
@@ -414,11 +469,10 @@ class LearnedRanker:
             at = _NO_ROWS
         if self.pairs is not None and len(at):
             items = self.catalog.item_ids[rows[at]].tolist()
-            got = self.read(lambda: self.pairs.read(PAIR_VIEW, [n.USER_ID, n.ITEM_ID], [(user, i) for i in items]))
-            for j, values in zip(at.tolist(), got):
-                if values:
-                    for f, v in values.items():
-                        cols[f][j] = np.nan if v is None else float(v)
+            got = self.read(lambda: self.pairs.matrix(PAIR_VIEW, [n.USER_ID, n.ITEM_ID], [(user, i) for i in items],
+                                                      self.pair_fields))
+            for j, f in enumerate(self.pair_fields):
+                cols[f][at] = got[:, j]
         # user x category rows exist for the categories of what the shopper bought (or has in the session)
         keys = self.category_keys[safe]
         if not everything:
@@ -426,13 +480,13 @@ class LearnedRanker:
         have = self.category_pairs.get(user, frozenset()) | set(self.category_keys[known_rows].tolist())
         wanted = sorted(have & set(keys.tolist()))
         if self.pairs is not None and wanted:
-            got = self.read(lambda: self.pairs.read(CATEGORY_VIEW, [n.USER_ID, n.CATEGORY_KEY],
-                                                    [(user, c) for c in wanted]))
+            got = self.read(lambda: self.pairs.matrix(CATEGORY_VIEW, [n.USER_ID, n.CATEGORY_KEY],
+                                                      [(user, c) for c in wanted], self.category_fields))
             for c, values in zip(wanted, got):
-                if values:
+                if not np.isnan(values).all():
                     hit = keys == c
-                    for f, v in values.items():
-                        cols[f][hit] = np.nan if v is None else float(v)
+                    for f, v in zip(self.category_fields, values.tolist()):
+                        cols[f][hit] = v
         cols[n.REQUEST_TS] = np.full(m, float(int(query.now.timestamp())))
         return cols
 

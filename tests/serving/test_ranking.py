@@ -238,3 +238,36 @@ def test_knn_scores_from_the_users_rows_or_the_candidates_columns_are_profile_ti
                 assert g.dtype == np.float32
                 np.testing.assert_allclose(g, t, rtol=2e-6, atol=1e-7, err_msg=user)
     assert taken == {True, False}
+
+
+def test_pair_matrix_decodes_what_the_provider_read_answers(served):
+    """`PairReader.matrix` on the repo's SQLite store (rows fetched by serialized key, values decoded here, each
+    distinct one once) answers what Feast's provider read answers, as numbers: for pairs with and without a row,
+    a key asked twice, fields in another order or missing from the view, twice (the decoded values kept)."""
+    import copy
+
+    from serving.ranking import CATEGORY_VIEW, PAIR_VIEW
+
+    *_, rec = served
+    reader = rec.ranker.pairs
+    assert reader._serialized is not None
+    provider = copy.copy(reader)
+    provider._serialized = None  # Feast's provider `online_read`, ValueProtos converted by `read`
+    ranker = rec.ranker
+    users = list(ranker.pair_rows)[:6]
+    pair_keys = [(u, str(rec.catalog.item_ids[r])) for u in users for r in ranker.pair_rows[u][:8]]
+    pair_keys += [(users[0], "no such item"), pair_keys[0]]
+    fields = [*reversed(ranker.pair_fields), "not a field"]
+    cat_keys = [(u, c) for u in users for c in sorted(ranker.category_pairs.get(u, ()))[:3]] + [(users[0], "none")]
+    for view, join_keys, keys, fs in ((PAIR_VIEW, [n.USER_ID, n.ITEM_ID], pair_keys, fields),
+                                      (CATEGORY_VIEW, [n.USER_ID, n.CATEGORY_KEY], cat_keys,
+                                       ranker.category_fields)):
+        reader._decoded.clear()
+        want = provider.matrix(view, join_keys, keys, fs)
+        assert np.isfinite(want).sum() > len(keys)  # rows were found
+        assert np.isnan(want[-2 if view == PAIR_VIEW else -1]).all()  # no row
+        for _ in range(2):
+            got = reader.matrix(view, join_keys, keys, fs)
+            np.testing.assert_array_equal(got, want)
+        assert 0 < len(reader._decoded) < np.isfinite(want).sum()  # distinct values decoded once
+    assert reader.matrix(PAIR_VIEW, [n.USER_ID, n.ITEM_ID], [], fields).shape == (0, len(fields))
