@@ -15,12 +15,18 @@ dotted path (``"my_shop.adapters.MyAdapter"``) wherever an alias is accepted.
 from __future__ import annotations
 
 import abc
+import bz2
+import csv
+import gzip
 import hashlib
 import importlib
+import io
 import json
+import lzma
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Sequence
 
 import pandas as pd
 
@@ -140,32 +146,125 @@ def get_adapter(name: str) -> Adapter:
 # --- helpers shared by the file formats ---------------------------------------------
 
 
+#: `DataFrame.attrs` key of :func:`read_csv_strings`' per-row structure problems (a Series: text or None)
+ROW_PROBLEMS = "row_problems"
+
+#: openers by suffix (binary mode); any other suffix is read as plain text
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def _open(path: Path) -> IO[bytes]:
+    return _OPENERS.get(Path(path).suffix.lower(), open)(path, "rb")
+
+
 def read_csv_strings(path: Path, required: Sequence[str]) -> pd.DataFrame:
-    """Read a CSV(.gz) with every value kept as the exact string in the file.
+    """Read a CSV(.gz, .bz2, .xz) with every value kept as the exact string in the file, one row per line.
+
+    A record is one line: a quoted field may hold commas but not a line break. Most files are read by
+    pandas; where a line has more fields than the header or a quote runs over a line break (a stray
+    quote in a description would otherwise swallow the lines up to the next quote into one row), the
+    file is read again line by line and such lines come back as rows with a structure problem in
+    ``df.attrs[ROW_PROBLEMS]`` (:class:`Triage` quarantines them, or stops a ``"fail"`` run at the first):
+    ``"9 fields where the header has 8"`` (the extra values kept as ``_extra_1``, ...), ``"broken quoting
+    (...)"`` (the whole line kept in the first column). A short line's missing fields read as empty.
 
     Args:
         path: the file; compression inferred from the suffix.
         required: columns that must be present (extra columns are kept).
 
     Returns:
-        A frame of str values ("" for empty), index 0..n-1 = data row - 1.
+        A frame of str values ("" for empty), index 0..n-1 = data row - 1 = line number - 2.
 
     Raises:
-        MalformedInputError: the file is not UTF-8 CSV, a row has the wrong
-            number of fields, or a required column is missing.
+        MalformedInputError: the file cannot be read (not UTF-8, a truncated or corrupt archive), has no
+            header, a header naming a column twice, or lacks a required column.
     """
+    path = Path(path)
     try:
-        # blank lines are kept (and quarantined by Triage) so row numbers stay line numbers - 1
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig")
+        try:
+            # blank lines are kept (and quarantined by Triage) so row numbers stay line numbers - 1; no header
+            # row for pandas: with one, a first data row longer than the header made its first column the index
+            df = pd.read_csv(path, dtype=str, header=None, keep_default_na=False, skip_blank_lines=False,
+                             encoding="utf-8-sig")
+            by_line = len(df) != _physical_lines(path)  # a quoted field ran over a line break
+        except pd.errors.ParserError:  # a line with more fields than the header
+            by_line = True
+        if by_line:
+            df = _read_by_line(path)
+        else:
+            df = df.fillna("")
+            df.columns = df.iloc[0].tolist()
+            df = df.iloc[1:].reset_index(drop=True)
     except pd.errors.EmptyDataError:
         raise MalformedInputError(path, None, problem="empty file (no header row)") from None
-    except pd.errors.ParserError as e:
-        raise MalformedInputError(path, None, problem=f"not a well-formed CSV: {e}") from None
     except UnicodeDecodeError as e:
         raise MalformedInputError(path, None, problem=f"not UTF-8 text: {e}") from None
+    except (EOFError, OSError, zlib.error, lzma.LZMAError) as e:  # truncated or corrupt archive, unreadable file
+        raise MalformedInputError(path, None, problem=f"cannot read the file ({type(e).__name__}: {e})") from None
+    header = [str(c) for c in df.columns]
+    if not header or all(c == "" for c in header):
+        raise MalformedInputError(path, None, problem="empty file (no header row)")
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise MalformedInputError(path, None, problem=f"the header names {', '.join(map(repr, twice))} twice")
     require_columns(df, required, path)
-    # short rows come back as NaN even with keep_default_na=False
-    return df.fillna("").reset_index(drop=True)
+    return df
+
+
+def _physical_lines(path: Path) -> int:
+    """Lines of the (decompressed) file: newlines, plus a last line without one."""
+    count, last = 0, b"\n"
+    with _open(path) as f:
+        while chunk := f.read(1 << 20):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
+
+
+def _read_by_line(path: Path) -> pd.DataFrame:
+    """:func:`read_csv_strings`' reading line by line (Python's csv module): a record that ran over a line
+    break is read again one line at a time; lines with broken quoting or too many fields get a problem."""
+    with _open(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+        lines: list[str] = []  # the lines of the record being read
+
+        def source():
+            for line in text:
+                lines.append(line)
+                yield line
+
+        reader = csv.reader(source(), strict=True)
+        records: list[tuple[list[str], str | None]] = []
+        while True:
+            lines.clear()
+            try:
+                record, problem = next(reader), None
+            except StopIteration:
+                break
+            except csv.Error as e:
+                record, problem = None, str(e)
+            if record is not None and len(lines) == 1:
+                records.append((record, None))
+                continue
+            for line in list(lines):  # a quote ran over a line break: each line on its own
+                try:
+                    records.append((next(csv.reader([line], strict=True), []), None))
+                except csv.Error as e:
+                    records.append(([line.rstrip("\r\n")], f"broken quoting ({e})"))
+    if not records:
+        raise pd.errors.EmptyDataError("no header row")
+    header = records[0][0]
+    m = len(header)
+    extra = max((len(r) - m for r, _ in records[1:]), default=0)
+    columns = header + [f"_extra_{i + 1}" for i in range(max(extra, 0))]
+    rows, problems = [], []
+    for record, problem in records[1:]:
+        if record and len(record) > m and problem is None:
+            problem = f"{len(record)} fields where the header has {m}"
+        rows.append(record + [""] * (len(columns) - len(record)))
+        problems.append(problem)
+    df = pd.DataFrame(rows, columns=columns, dtype=object) if rows else pd.DataFrame(columns=columns, dtype=object)
+    df.attrs[ROW_PROBLEMS] = pd.Series(problems, index=df.index, dtype=object)
+    return df
 
 
 def require_columns(df: pd.DataFrame, required: Sequence[str], path: Path) -> None:
@@ -220,7 +319,15 @@ class Triage:
             raise ValueError(f"on_malformed must be one of {ON_MALFORMED}, got {on_malformed!r}")
         self.raw, self.path, self.on_malformed = raw, Path(path), on_malformed
         self.reason = pd.Series(None, index=raw.index, dtype="object")
-        self._first_bad: tuple[int, str] | None = None
+        # the earliest malformed row: (row index, column or None, the problem or None for an unparseable value)
+        self._first_bad: tuple[int, str | None, str | None] | None = None
+        # lines read_csv_strings could not split into the header's fields: quarantined, or the first stops "fail"
+        problems = raw.attrs.get(ROW_PROBLEMS)
+        if problems is not None and problems.notna().any():
+            bad = problems.notna()
+            first = int(bad.idxmax())
+            self._first_bad = (first, None, str(problems[first]))
+            self.flag(bad, problems.astype(str))
         # an empty line holds no value to parse: recorded, but never a reason to stop
         self.flag(raw.astype(str).eq("").all(axis=1), "blank line")
 
@@ -235,17 +342,20 @@ class Triage:
         if bad.any():
             first = int(bad.idxmax())
             if self._first_bad is None or first < self._first_bad[0]:
-                self._first_bad = (first, column)
+                self._first_bad = (first, column, None)
         self.flag(bad, f"malformed {column}")
 
     def raise_if_failing(self) -> None:
         """With ``on_malformed="fail"``, raise for the earliest malformed row.
 
         Raises:
-            MalformedInputError: naming file, column, 1-based row and value.
+            MalformedInputError: naming file, column, 1-based row and value; or file, row and the problem
+                for a line that does not split into the header's fields.
         """
         if self.on_malformed == "fail" and self._first_bad is not None:
-            idx, col = self._first_bad
+            idx, col, problem = self._first_bad
+            if col is None:
+                raise MalformedInputError(self.path, None, idx + 1, problem=problem)
             raise MalformedInputError(self.path, col, idx + 1, self.raw.at[idx, col])
 
     def flag(self, mask: pd.Series, reason: str | pd.Series) -> None:

@@ -225,7 +225,7 @@ class OnlineRetailAdapter(Adapter):
         code = raw["StockCode"].str.strip().str.upper()
         desc = raw["Description"].str.strip()
         qty_text = raw["Quantity"].str.strip()
-        qty_ok = qty_text.str.fullmatch(r"[+-]?\d{1,15}")
+        qty_ok = qty_text.str.fullmatch(r"[+-]?[0-9]{1,15}")  # ASCII digits: \d also takes other scripts
         qty = pd.to_numeric(qty_text.where(qty_ok, "0")).astype("int64")
         ts = _parse_dates(raw["InvoiceDate"].str.strip())
         price = pd.to_numeric(raw["UnitPrice"].str.strip(), errors="coerce")

@@ -80,7 +80,10 @@ class RetailRocketAdapter(Adapter):
         raw = read_csv_strings(path, REQUIRED)
         tri = Triage(raw, path, on_malformed)
         ms_text = raw["timestamp"].str.strip()
-        ms_ok = ms_text.str.fullmatch(r"\d{1,16}")
+        # milliseconds since the epoch in ASCII digits, 11 to 13 of them: from April 1970 (ten digits are seconds
+        # since 2001, not this format's clock) to pandas' last representable instant (2262)
+        ms_ok = ms_text.str.fullmatch(r"[0-9]{11,13}")
+        ms_ok &= pd.to_numeric(ms_text.where(ms_ok, "0")).le(pd.Timestamp.max.value // 10**6)
         visitor = raw["visitorid"].str.strip()
         item = raw["itemid"].str.strip()
         event = raw["event"].str.strip()

@@ -1,6 +1,7 @@
 """Adapters: a contract every format passes, then each format's rules on small hand-made files."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,7 @@ class TestOnlineRetail(AdapterContract):
     @pytest.mark.parametrize("row, column, value", [
         (3, "InvoiceDate", "2010-13-45 99:00:00"),
         (5, "Quantity", "abc"),
+        (5, "Quantity", "٦"),  # an Arabic-Indic six: \d matched it, int() then failed outside the triage
         (7, "UnitPrice", "1,5"),
     ])
     def test_malformed_value_fails_with_file_column_row(self, tmp_path, row, column, value):
@@ -171,6 +173,61 @@ class TestOnlineRetail(AdapterContract):
         # the blank line is data row 3; the rows after it keep their line numbers (shifted by one)
         assert got == {3: "blank line", **{r + 1 if r >= 3 else r: why for r, why in samples.OR_REASONS.items()}}
         assert out.input_rows == 13 and len(out.events) == 8
+
+    def test_a_stray_quote_swallows_no_line(self, tmp_path):
+        """A description with an opening quote that never closes: pandas reads it on to the next quote, merging
+        the lines between into one row of mixed values (counts still reconciled). Read line by line, that line
+        alone is quarantined (its text kept) and every other line is read as itself, at its own row number."""
+        rows = list(samples.OR_ROWS)
+        rows[0] = rows[0].replace("WHITE HANGING", '"WHITE HANGING')
+        fields = rows[4].split(",")
+        fields[2] = f'"{fields[2]}"'  # a quoted description four lines down: where pandas' quoted field ends
+        rows[4] = ",".join(fields)
+        path = samples.online_retail(tmp_path, rows)
+        out = OnlineRetailAdapter().read(path, "quarantine")
+        got = dict(zip(out.quarantine[n.SOURCE_ROW], out.quarantine[n.REASON]))
+        assert got.pop(1).startswith("broken quoting") and got == samples.OR_REASONS
+        raw = json.loads(out.quarantine.loc[out.quarantine[n.SOURCE_ROW] == 1, n.RAW].item())
+        assert raw["InvoiceNo"] == rows[0]  # the whole line, nothing lost
+        assert out.input_rows == len(out.events) + len(out.quarantine) == 12
+        clean = OnlineRetailAdapter().read(samples.online_retail(tmp_path, samples.OR_ROWS, name="clean.csv.gz"), "fail")
+        assert sorted(out.events[n.EVENT_ID]) == sorted(clean.events[n.EVENT_ID].iloc[1:])  # the rest as clean
+        with pytest.raises(MalformedInputError, match=r"row 1: broken quoting"):
+            OnlineRetailAdapter().read(path, "fail")
+
+    @pytest.mark.parametrize("row", [1, 6])
+    def test_a_line_with_too_many_fields_is_that_line_alone(self, tmp_path, row):
+        """An unquoted comma in one line: that line is quarantined with the count and every value (the extra
+        one too); the others are read as they are. On the first data line pandas took the first column for an
+        index and shifted every value of the file one column left."""
+        rows = list(samples.OR_ROWS)
+        rows[row - 1] = rows[row - 1].replace(" ", ", ", 1)
+        path = samples.online_retail(tmp_path, rows)
+        out = OnlineRetailAdapter().read(path, "quarantine")
+        got = dict(zip(out.quarantine[n.SOURCE_ROW], out.quarantine[n.REASON]))
+        assert got.pop(row) == "9 fields where the header has 8"
+        assert got == {r: why for r, why in samples.OR_REASONS.items() if r != row}
+        raw = out.quarantine.loc[out.quarantine[n.SOURCE_ROW] == row, n.RAW].item()
+        assert '"_extra_1": "United Kingdom"' in raw
+        assert out.input_rows == len(out.events) + len(out.quarantine) == 12
+        assert set(out.events[n.ITEM_ID]) <= {r.split(",")[1] for r in samples.OR_ROWS}  # no shifted values
+        with pytest.raises(MalformedInputError, match=f"row {row}: 9 fields where the header has 8"):
+            OnlineRetailAdapter().read(path, "fail")
+
+    @pytest.mark.parametrize("spoil, problem", [
+        (lambda b: b[: len(b) // 2], "cannot read the file"),  # a truncated download
+        (lambda b: b"not gzip at all" + b, "cannot read the file"),
+    ])
+    def test_a_damaged_archive_names_the_file(self, tmp_path, spoil, problem):
+        path = samples.online_retail(tmp_path, samples.OR_ROWS * 200)
+        path.write_bytes(spoil(path.read_bytes()))
+        with pytest.raises(MalformedInputError, match=f"{path.name}: {problem}"):
+            OnlineRetailAdapter().read(path, "quarantine")
+
+    def test_a_header_naming_a_column_twice_is_refused(self, tmp_path):
+        path = samples.online_retail(tmp_path, samples.OR_ROWS, header=samples.OR_HEADER + ",Country")
+        with pytest.raises(MalformedInputError, match="'Country' twice"):
+            OnlineRetailAdapter().read(path, "quarantine")
 
     @staticmethod
     def _spoil(row: int, column: str, value: str, rows: list[str] | None = None) -> list[str]:
@@ -233,6 +290,18 @@ class TestRetailRocket(AdapterContract):
         rows = list(samples.RR_ROWS)
         rows[1] = rows[1].replace(str(samples.T0 + 10 * samples.MIN), "2015-06-01")
         with pytest.raises(MalformedInputError, match=r"events\.csv: column 'timestamp', row 2"):
+            RetailRocketAdapter().read(samples.retailrocket(tmp_path, rows), "fail")
+
+    @pytest.mark.parametrize("stamp", [str(samples.T0 // 1000),  # seconds, not milliseconds: 1970 otherwise
+                                       "9999999999999999",  # past 2262: pandas' clock overflowed
+                                       "１４３３１９３１３２０００"])  # full-width digits match \d
+    def test_a_timestamp_outside_the_format_is_quarantined_not_misread(self, tmp_path, stamp):
+        rows = list(samples.RR_ROWS)
+        rows[1] = rows[1].replace(str(samples.T0 + 10 * samples.MIN), stamp)
+        out = RetailRocketAdapter().read(samples.retailrocket(tmp_path, rows), "quarantine")
+        assert dict(zip(out.quarantine[n.SOURCE_ROW], out.quarantine[n.REASON]))[2] == "malformed timestamp"
+        assert out.events[n.EVENT_TIMESTAMP].min() >= pd.Timestamp("2015-01-01", tz=UTC)
+        with pytest.raises(MalformedInputError, match="row 2"):
             RetailRocketAdapter().read(samples.retailrocket(tmp_path, rows), "fail")
 
     def test_sessionize_gap(self):
