@@ -51,7 +51,9 @@ from pipelines.schema import (EVENT_DTYPES, ITEM_DTYPES, QUARANTINE_DTYPES, conf
 STAGE = "ingest"
 EVENTS_FILE, ITEMS_FILE, QUARANTINE_FILE = "events.parquet", "items.parquet", "quarantine.parquet"
 SUMMARY_FILE = "ingest_summary.json"
-QUARANTINE_KEY = [n.SOURCE_FILE, n.SOURCE_ROW, n.REASON]
+# a quarantined row is the same row again only with the same values too: another run's file of the same name
+# (a monthly export named alike from another folder) has other rows at the same row numbers
+QUARANTINE_KEY = [n.SOURCE_FILE, n.SOURCE_ROW, n.REASON, n.RAW]
 
 
 class ReconciliationError(RuntimeError):

@@ -97,6 +97,28 @@ def test_incremental_file_appends_only_new_events(tmp_path):
     assert s["store"] == {"events": 8, "items": 5, "quarantine": 5, "guest_purchases": 2}
 
 
+def test_a_later_file_of_the_same_name_keeps_the_earlier_files_quarantine(tmp_path):
+    """Two monthly exports of one name from two folders, in two runs, each with a quarantined row at the same row
+    number for the same reason: both rows stay in the store (the second used to replace the first); the same
+    file again changes nothing."""
+    rows = ["536402,M,Manual,1,2011-01-05 09:20:00,1.00,,United Kingdom",
+            "536403,M,Manual,1,2011-01-25 09:20:00,18.00,12345.0,France"]
+    firsts = []
+    for i, folder in enumerate(("a", "b")):
+        (tmp_path / folder).mkdir()
+        path = samples.online_retail(tmp_path / folder, name="2011-01.csv", rows=[rows[i]])
+        s = ingest.run(config(tmp_path, [path]), log=quiet)
+        assert (s["input_rows"], s["quarantined"]) == (1, 1)
+        firsts.append(path)
+    cfg = config(tmp_path, [firsts[1]])
+    q = read(cfg, ingest.QUARANTINE_FILE)
+    assert len(q) == 2 and q[n.SOURCE_FILE].eq("2011-01.csv").all() and q[n.SOURCE_ROW].eq(1).all()
+    assert sorted(json.loads(r)["InvoiceNo"] for r in q[n.RAW]) == ["536402", "536403"]
+    before = digests(cfg)
+    ingest.run(cfg, log=quiet)
+    assert digests(cfg) == before
+
+
 def test_malformed_file_fails_or_quarantines(tmp_path):
     rows = list(samples.OR_ROWS)
     rows[4] = rows[4].replace(",-2,", ",abc,")  # row 5: Quantity "abc"
