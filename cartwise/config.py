@@ -360,7 +360,9 @@ class DriftConfig(_Section):
         max_new_category_share: share of rows carrying categories the reference never saw.
         min_row_ratio: smallest rows (per day of data, when timestamped) relative to the reference.
         max_row_ratio: largest such ratio.
-        features: per-column overrides of the keys above, e.g. `{unit_price: {max_psi: 0.3}}`.
+        max_quarantine_share: largest share of a candidate file's rows its adapter quarantines (`cartwise
+            validate --candidate`; Online Retail's months: 0.8-1.4%).
+        features: per-column overrides of the keys above but the last, e.g. `{unit_price: {max_psi: 0.3}}`.
     """
 
     max_js_divergence: float | None = Field(0.05, ge=0.0, le=1.0)
@@ -370,6 +372,7 @@ class DriftConfig(_Section):
     max_new_category_share: float | None = Field(0.005, ge=0.0, le=1.0)
     min_row_ratio: float | None = Field(0.5, ge=0.0)
     max_row_ratio: float | None = Field(20.0, gt=0.0)
+    max_quarantine_share: float | None = Field(0.05, ge=0.0, le=1.0)
     features: dict[str, dict[str, float | None]] = Field(default_factory=dict)
 
     @field_validator("features")
@@ -385,7 +388,7 @@ class DriftConfig(_Section):
 
     def thresholds(self) -> dict[str, float | None]:
         """The global thresholds as a plain mapping (what `validation.drift.compare` takes)."""
-        return self.model_dump(exclude={"features"})
+        return self.model_dump(exclude={"features", "max_quarantine_share"})
 
 
 class FeaturesConfig(_Section):

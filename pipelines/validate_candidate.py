@@ -49,6 +49,19 @@ def reference_profile(config: CartwiseConfig) -> tuple[dict, str]:
     return json.loads(path.read_text()), root.name
 
 
+def quarantined(verdict: dict, rows: int, input_rows: int, limit: float | None) -> None:
+    """Add to the event log's verdict how many of the file's rows its adapter quarantined, and block it past
+    `limit` (`validation.drift.max_quarantine_share`; None blocks, as every drift threshold set to null): a
+    file whose rows mostly fail to parse is not judged on the few that parse."""
+    share = rows / input_rows if input_rows else 0.0
+    verdict.update(input_rows=input_rows, quarantined=rows)
+    if limit is None or share > limit:
+        verdict["failures"].append({"feature": "<file>", "statistic": "quarantined_share", "value": share,
+                                    "threshold": limit})
+        if verdict["status"] == gate.PASS:
+            verdict.update(status=gate.BLOCKED, success=False)
+
+
 def run(config: CartwiseConfig, candidate: Path, adapter: str | None = None, out: Path | None = None,
         *, log: Log = default_log) -> dict:
     """Gate a raw file against the blessed reference and write the verdict.
@@ -80,6 +93,7 @@ def run(config: CartwiseConfig, candidate: Path, adapter: str | None = None, out
             v = config.validation.drift
             one = gate.evaluate(frame, gate.EVENT_LOG, reference={**ref, "bundle": version},
                                 thresholds=v.thresholds(), overrides=v.features, min_rows=1)
+            quarantined(one, len(read.quarantine), read.input_rows, v.max_quarantine_share)
         except Exception as exc:  # an unreadable file is an error verdict too, written like the others
             one = {"dataset": gate.EVENT_LOG, "rows": 0, "status": gate.ERROR, "success": False, "failures": [],
                    "error": f"{type(exc).__name__}: {exc}"}

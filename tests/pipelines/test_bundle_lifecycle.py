@@ -78,6 +78,13 @@ def test_validate_candidate_exit_codes(shop, tmp_path, capsys):
     v = json.loads(out.read_text())
     assert v["status"] == "blocked" and (n.UNIT_PRICE, "ks") in {(f["feature"], f["statistic"]) for f in v["failures"]}
     assert out.with_suffix(".html").is_file()
+    # a tenth of the rows of an event type the format does not know: quarantined, the rest as before
+    odd = events.assign(**{n.EVENT_TYPE: events[n.EVENT_TYPE].where(events.index % 10 != 0, "wishlist")})
+    odd.to_parquet(d / "odd.parquet", index=False)
+    assert main([*args, str(d / "odd.parquet")]) == 1
+    v = json.loads(out.read_text())
+    assert [(f["feature"], f["statistic"]) for f in v["failures"]] == [("<file>", "quarantined_share")]
+    assert v["datasets"]["event_log"]["quarantined"] == (events.index % 10 == 0).sum()
     events.drop(columns=[n.QUANTITY]).to_parquet(d / "broken.parquet", index=False)
     assert main([*args, str(d / "broken.parquet")]) == 2
     assert json.loads(out.read_text())["status"] == "error"
