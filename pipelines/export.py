@@ -53,6 +53,7 @@ from pipelines.manifest import read_json, write_json
 from pipelines.progress import Log, default_log, step
 from pipelines.train_ranking import MODEL_DIR
 from pipelines.train_retrieval import CANDIDATE_FLOATS, CANDIDATE_STRINGS, QUERY_FLOATS, QUERY_STRINGS, tensors
+from pipelines.validate_dataset import training_event_types
 from validation import drift, gate, report
 from validation.suites import FEATURE_TABLES, feature_table_suite, run_suite, training_set_suite
 
@@ -412,7 +413,7 @@ def run_gate(config: CartwiseConfig, layout: Layout, events: pd.DataFrame, items
     static = {gate.EVENT_LOG: None,
               gate.TRAINING_SET: training_set_suite(
                   min_rows=v.min_rows, max_null_fraction=v.max_null_fraction, max_weight=v.max_weight,
-                  event_types=[k for k, w in config.objective.event_weights.items() if w > 0])}
+                  event_types=training_event_types(config))}
     verdicts = []
     with step(STAGE, "drift gate: event log, training set, feature tables vs the blessed reference "
               f"({ref_version or 'none yet'})", log) as s:

@@ -21,6 +21,13 @@ class ValidationFailed(RuntimeError):
     """The training set broke at least one expectation; the message lists them."""
 
 
+def training_event_types(config: CartwiseConfig) -> list[str]:
+    """The event types a training set may hold: those the objective weighs, and sampled negatives when it asks
+    for them (this stage's suite and export's gate check the same set)."""
+    weights = config.objective.event_weights
+    return [k for k, w in weights.items() if w > 0] + ([n.NEGATIVE] if config.objective.negatives_per_positive else [])
+
+
 def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     """Run the training-set suite and write the verdict.
 
@@ -30,11 +37,8 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     layout = Layout(config.work_dir)
     df = pd.read_parquet(layout.dataset / "train.parquet")
     v = config.validation
-    weights = config.objective.event_weights
     suite = training_set_suite(min_rows=v.min_rows, max_null_fraction=v.max_null_fraction,
-                               max_weight=v.max_weight,
-                               event_types=[k for k, w in weights.items() if w > 0]
-                               + ([n.NEGATIVE] if config.objective.negatives_per_positive else []))
+                               max_weight=v.max_weight, event_types=training_event_types(config))
     with step(STAGE, f"{len(suite.expectations)} expectations on {len(df):,} training rows", log) as s:
         verdict = run_suite(df, suite, "training_set")
         s["result"] = "PASS" if verdict["success"] else "FAIL"

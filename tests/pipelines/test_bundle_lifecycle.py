@@ -260,3 +260,25 @@ def test_export_and_evaluation_calibrate_a_tree_index_on_other_users_than_the_go
     assert ev["type"] == "tree_ah" and ev["calibration_queries"] == len(others) >= 10
     # calibrated up to the evaluation's list length, here all the items known at the cut-off (retrieval.k is 200)
     assert list(ev["leaves_by_k"]) == [str(k) for k in bi.calibration_ks(ev["items"])]
+
+
+@pytest.mark.parametrize("negatives", [0, 1])
+def test_first_export_gate_takes_the_training_sets_sampled_negatives_when_the_objective_asks(
+        trained_shop, monkeypatch, negatives):
+    """Before any reference (the first export), the gate checks the training set with the same suite as
+    `validate_dataset`: with `negatives_per_positive` the sampled negatives' event type is allowed (it used to
+    block the first export of such a shop), without it such rows still block."""
+    from pipelines.layout import Layout
+
+    cfg, *_ = trained_shop
+    cfg = cfg.model_copy(update={"objective": cfg.objective.model_copy(update={"negatives_per_positive": negatives})})
+    layout = Layout(cfg.work_dir)
+    events = pd.read_parquet(cfg.work_dir / "ingest" / "events.parquet")
+    items = pd.read_parquet(cfg.work_dir / "ingest" / "items.parquet")
+    train = pd.read_parquet(layout.dataset / "train.parquet")
+    sampled = train.head(50).assign(**{n.EVENT_TYPE: n.NEGATIVE})
+    monkeypatch.setattr(export, "blessed_reference", lambda bundles: ({}, None))  # no reference yet
+    verdict, _ = export.run_gate(cfg, layout, events, items, pd.concat([train, sampled], ignore_index=True),
+                                 log=quiet)
+    failing = {(f["dataset"], f["feature"]) for f in verdict["failures"]}
+    assert (("training_set", n.EVENT_TYPE) in failing) == (not negatives), verdict["failures"]
