@@ -175,6 +175,26 @@ def test_revenue(test: pd.DataFrame) -> dict[str, dict[str, float]]:
     return out
 
 
+def new_item_pool(pool: Sequence[str], slots: int, relevant: Mapping[str, set[str]], cold_items: set[str]) -> dict:
+    """What the new-item slots chose from, and the cold-item recall of picking at random from it.
+
+    The pool is the catalog's items never sold before the cut-off. The log only knows an item once it sells,
+    so in a shop's log that is the items first sold in the test window: picked by their future, which a live
+    catalog's unsold items are not. The chance level (`slots` uniform picks from the pool, per cold-item buyer
+    `slots * |relevant cold items in the pool| / (|pool| * |relevant cold items|)`, averaged as
+    `cohort_recall` averages) is what a pick is worth for the pool alone.
+    """
+    members = set(pool)
+    total, users = 0.0, 0
+    for rel in relevant.values():
+        rc = rel & cold_items
+        if rc:
+            total += min(slots, len(members)) * len(rc & members) / (len(members) * len(rc)) if members else 0.0
+            users += 1
+    return {"items": len(members), "slots": slots, "cold_items_in_pool": len(cold_items & members),
+            "chance_cold_recall": round(total / users, 4) if users else 0.0}
+
+
 def extra_metrics(lists: Mapping[str, Mapping[str, list[str]]], relevant: Mapping[str, set[str]],
                   users_by_cohort: Mapping[str, Sequence[str]], cold_items: set[str], categories: Mapping[str, str],
                   ks: Sequence[int], catalog: set[str]) -> dict:
@@ -399,6 +419,8 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
         cold_items = set(test_p[n.ITEM_ID].astype(str)) - set(train_p[n.ITEM_ID].astype(str))
         categories = items.set_index(n.ITEM_ID)[n.CATEGORY].astype(str).to_dict()
         metrics.update(extra_metrics(lists, relevant, cohorts, cold_items, categories, ev.k, catalog))
+        if "model_new_item_slots" in lists:
+            metrics["new_item_pool"] = new_item_pool(new, config.ranking.new_item_slots, relevant, cold_items)
         if not candidates.empty:
             cand_rel = {u: relevant[u] & set(g) for u, g in candidates.groupby(n.USER_ID)[n.ITEM_ID]}
             metrics["candidates"] = {

@@ -127,3 +127,24 @@ def test_evaluate_lists_matches_per_user_functions():
         assert m[f"hit_rate@{k}"] == pytest.approx(sum(hit_at_k(lists[u], relevant[u], k) for u in users) / len(users))
         assert m[f"recall@{k}"] == pytest.approx(sum(recall_at_k(lists[u], relevant[u], k) for u in users) / len(users))
         assert m[f"map@{k}"] == pytest.approx(map_at_k(lists, relevant, k))
+
+
+def test_new_item_pool_chance_level_by_hand_and_by_simulation():
+    """Two slots from a pool of four: a cold-item buyer whose one cold item is in the pool finds it with
+    probability 1/2; one with a second cold item outside the pool gets half that recall; a user without cold
+    items does not count. Random picks, simulated, average the same."""
+    import statistics
+
+    from pipelines.evaluate import new_item_pool
+
+    pool = ["a", "b", "c", "d"]
+    relevant = {"u1": {"a", "x"}, "u2": {"a", "z"}, "u3": {"x"}}
+    cold = {"a", "z", "b"}
+    got = new_item_pool(pool, 2, relevant, cold)
+    assert got == {"items": 4, "slots": 2, "cold_items_in_pool": 2, "chance_cold_recall": round((0.5 + 0.25) / 2, 4)}
+    rng = random.Random(0)
+    sims = []
+    for _ in range(20000):
+        picks = set(rng.sample(pool, 2))
+        sims.append(statistics.mean([len(picks & (r & cold)) / len(r & cold) for r in relevant.values() if r & cold]))
+    assert abs(statistics.mean(sims) - got["chance_cold_recall"]) < 0.01
