@@ -848,15 +848,30 @@ def load_config(path: str | Path) -> CartwiseConfig:
     return parse_config(read_yaml(path, "config"), source=str(path), base_dir=path.resolve().parent)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (the safe loader keeps the last silently:
+    a second `data:` section would replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path, what: str = "config") -> object:
     """The YAML document in `path`.
 
     Raises:
-        ConfigError: the file is missing or is not YAML (naming the file).
+        ConfigError: the file is missing or is not YAML, or a mapping names a key twice (naming the file).
     """
     if not path.is_file():
         raise ConfigError(f"{path}: {what} file not found")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None

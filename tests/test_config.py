@@ -56,6 +56,15 @@ def test_not_a_mapping_and_missing_file(tmp_path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    # a key twice: YAML's safe loader kept the last silently (a second `data:` replaced the first)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("data:\n  adapter: online_retail\nmodel: {epochs: 2}\ndata:\n  adapter: canonical\n")
+    with pytest.raises(ConfigError, match=r"(?s)twice.yaml: not valid YAML: key 'data' appears twice.*line 4"):
+        load_config(twice)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("model: {epochs: 2, epochs: 3}\n")
+    with pytest.raises(ConfigError, match="key 'epochs' appears twice"):
+        load_config(nested)
 
 
 def test_reorder_depth_scales_with_the_neighbours_asked_for():
