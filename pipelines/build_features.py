@@ -15,9 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from feast import FeatureStore
+from feast import FeatureStore, FeatureView
 
-from cartwise.config import CartwiseConfig, FeaturesConfig
+from cartwise.config import CartwiseConfig, ConfigError, FeaturesConfig
 from feature_repo import definitions, feature_tables
 from feature_repo import names as n
 from pipelines.layout import Layout
@@ -167,6 +167,11 @@ def run(config: CartwiseConfig, *, repo_dir: Path | None = None, materialize: bo
     """
     layout = Layout(config.work_dir)
     repo_dir = Path(repo_dir or layout.feature_store).resolve()
+    views = sorted(o.name for o in definitions.all_objects() if isinstance(o, FeatureView))
+    unknown = sorted(set(config.features.max_age_hours) - set(views))
+    if unknown:  # else a misspelt view keeps no limit at all, silently
+        raise ConfigError(f"features.max_age_hours: no feature view named {', '.join(map(repr, unknown))} "
+                          f"(views: {', '.join(views)})")
     events = pd.read_parquet(layout.ingest / "events.parquet")
     items = pd.read_parquet(layout.ingest / "items.parquet")
     counts = write_tables(events, items, repo_dir / "data", log, config.features.text_embedding_size)

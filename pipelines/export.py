@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from cartwise import bundle as b
-from cartwise.config import CartwiseConfig
+from cartwise.config import CartwiseConfig, ConfigError
 from feature_repo import names as n
 from pipelines.baselines import popularity
 from pipelines.build_features import open_store
@@ -410,6 +410,10 @@ def run_gate(config: CartwiseConfig, layout: Layout, events: pd.DataFrame, items
     th, over = v.drift.thresholds(), v.drift.features
     refs, ref_version = blessed_reference(layout.bundles)
     frames = {gate.EVENT_LOG: gate.event_log_frame(events, items), gate.TRAINING_SET: train}
+    unknown = sorted(set(over) - {str(c) for df in frames.values() for c in df.columns})
+    if unknown:  # else a misspelt column keeps the global thresholds, silently
+        raise ConfigError(f"validation.drift.features: no column named {', '.join(map(repr, unknown))} in the "
+                          f"event log or the training set")
     static = {gate.EVENT_LOG: None,
               gate.TRAINING_SET: training_set_suite(
                   min_rows=v.min_rows, max_null_fraction=v.max_null_fraction, max_weight=v.max_weight,

@@ -157,3 +157,14 @@ def test_calibration_counts_double_up_to_the_largest_asked_for():
     assert leaves_ladder(1) == [1] and leaves_ladder(50)[-1] == 50 and leaves_ladder(50)[:4] == [1, 2, 3, 4]
     ladder = leaves_ladder(1000)
     assert all(b / a <= 2 for a, b in zip(ladder, ladder[1:])) and ladder == sorted(set(ladder))
+
+
+def test_a_staleness_limit_for_no_feature_view_stops_the_features_stage(tmp_path):
+    """`features.max_age_hours` keys are view names; one that names no view (a typo) would leave the view it
+    meant without a limit, silently: the features stage stops first, naming it and the views there are."""
+    from pipelines import build_features
+
+    cfg = parse_config({"data": {"work_dir": "w"}, "features": {"max_age_hours": {"user_purchase_stat": 1}}},
+                       base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"no feature view named 'user_purchase_stat' \(views: .*user_purchase_stats"):
+        build_features.run(cfg, log=lambda m: None)

@@ -282,3 +282,19 @@ def test_first_export_gate_takes_the_training_sets_sampled_negatives_when_the_ob
                                  log=quiet)
     failing = {(f["dataset"], f["feature"]) for f in verdict["failures"]}
     assert (("training_set", n.EVENT_TYPE) in failing) == (not negatives), verdict["failures"]
+
+
+def test_a_drift_override_for_no_column_stops_the_gate(trained_shop):
+    """`validation.drift.features` keys are column names; one that names no column of the gated frames (a
+    typo) would leave the column it meant on the global thresholds, silently: the gate stops, naming it."""
+    from cartwise.config import ConfigError
+    from pipelines.layout import Layout
+
+    cfg, *_ = trained_shop
+    drift = cfg.validation.drift.model_copy(update={"features": {"unit_pric": {"max_psi": 0.3}}})
+    cfg = cfg.model_copy(update={"validation": cfg.validation.model_copy(update={"drift": drift})})
+    layout = Layout(cfg.work_dir)
+    events = pd.read_parquet(cfg.work_dir / "ingest" / "events.parquet")
+    items = pd.read_parquet(cfg.work_dir / "ingest" / "items.parquet")
+    with pytest.raises(ConfigError, match="validation.drift.features: no column named 'unit_pric'"):
+        export.run_gate(cfg, layout, events, items, pd.read_parquet(layout.dataset / "train.parquet"), log=quiet)
