@@ -90,8 +90,9 @@ class CanonicalAdapter(Adapter):
         tri.malformed(n.EVENT_ID, text[n.EVENT_ID].isna())
         tri.malformed(n.ITEM_ID, text[n.ITEM_ID].isna())
         tri.malformed(n.EVENT_TIMESTAMP, ts.isna())
-        tri.malformed(n.QUANTITY, qty.isna() | (qty.fillna(0) % 1 != 0))
-        tri.malformed(n.UNIT_PRICE, price_text.notna() & (price.isna() | np.isinf(price)))
+        # a whole number within what int64 and float64 both hold exactly (1e30 wrapped to int64's minimum)
+        tri.malformed(n.QUANTITY, qty.isna() | (qty.fillna(0) % 1 != 0) | qty.abs().gt(2 ** 53))
+        tri.malformed(n.UNIT_PRICE, price_text.notna() & (price.isna() | np.isinf(price) | price.lt(0)))
         tri.malformed(n.IS_GUEST, ~guest_text.isin(_TRUE | _FALSE).fillna(False).astype(bool))
         tri.raise_if_failing()
         tri.flag(~text[n.EVENT_TYPE].isin(n.EVENT_TYPES).fillna(False).astype(bool),
@@ -113,6 +114,12 @@ def _catalog(path: Path, events: pd.DataFrame) -> pd.DataFrame:
     if items_path.is_file() and items_path != path:
         items = pd.read_parquet(items_path)
         require_columns(items, list(ITEM_DTYPES), items_path)
+        # ids as the events' are read (stripped): " A1 " and the events' "A1" are one item, not two
+        items[n.ITEM_ID] = _text(items[n.ITEM_ID])
+        if items[n.ITEM_ID].isna().any() or items[n.ITEM_ID].duplicated().any():
+            bad = items[n.ITEM_ID][items[n.ITEM_ID].isna() | items[n.ITEM_ID].duplicated(keep=False)]
+            raise MalformedInputError(items_path, n.ITEM_ID, problem="empty or repeated item ids (after stripping "
+                                      f"spaces): {sorted(set(bad.fillna('<empty>')))[:5]}")
         try:
             items = conform_items(items)
         except (ValueError, TypeError) as e:

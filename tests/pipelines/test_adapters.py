@@ -405,6 +405,33 @@ class TestCanonical(AdapterContract):
             2: "malformed quantity", 3: "unsupported event type 'wishlist'"}
 
 
+    @pytest.mark.parametrize("column, value", [(n.QUANTITY, "1e30"), (n.UNIT_PRICE, "-1.0")])
+    def test_a_quantity_past_int64_or_a_negative_price_is_malformed(self, tmp_path, column, value):
+        """1e30 used to wrap to int64's minimum; a negative price was accepted."""
+        df = canonical_events().astype({column: str})
+        df.loc[1, column] = value
+        path = tmp_path / "events.csv"
+        df.to_csv(path, index=False)
+        out = CanonicalAdapter().read(path, "quarantine")
+        assert dict(zip(out.quarantine[n.SOURCE_ROW], out.quarantine[n.REASON]))[2] == f"malformed {column}"
+        with pytest.raises(MalformedInputError, match=f"column '{column}', row 2"):
+            CanonicalAdapter().read(path, "fail")
+
+    def test_item_ids_of_the_items_file_are_read_as_the_events_are(self, tmp_path):
+        """" A " in items.parquet and "A" in the events are one item (it used to be two, the event's with a
+        placeholder title); ids that collide once stripped are refused."""
+        path = self.write(tmp_path)
+        items = pd.DataFrame({n.ITEM_ID: [" A ", "Z"], n.TITLE: ["Apple", "New"], n.CATEGORY: ["fruit", "new"],
+                              n.PRICE: [2.0, 9.0], n.IN_STOCK: [True, True], n.MARGIN: [0.3, 0.5],
+                              n.FIRST_SEEN: [None, None]})
+        items.to_parquet(tmp_path / "items.parquet", index=False)
+        got = CanonicalAdapter().read(path, "fail").items.set_index(n.ITEM_ID)
+        assert got.loc["A", n.TITLE] == "Apple" and " A " not in got.index
+        items.assign(**{n.ITEM_ID: [" Z", "Z"]}).to_parquet(tmp_path / "items.parquet", index=False)
+        with pytest.raises(MalformedInputError, match="repeated item ids"):
+            CanonicalAdapter().read(path, "fail")
+
+
 def test_get_adapter_errors():
     with pytest.raises(ValueError, match="unknown adapter"):
         get_adapter("magento")
