@@ -174,6 +174,9 @@ def run(config: CartwiseConfig, *, repo_dir: Path | None = None, materialize: bo
                           f"(views: {', '.join(views)})")
     events = pd.read_parquet(layout.ingest / "events.parquet")
     items = pd.read_parquet(layout.ingest / "items.parquet")
+    if events.empty:  # e.g. a header-only file: fail here, not deep inside the text embedding
+        raise ValueError(f"{layout.ingest / 'events.parquet'} holds no events: nothing to build features from "
+                         f"(see {layout.ingest / 'ingest_summary.json'})")
     counts = write_tables(events, items, repo_dir / "data", log, config.features.text_embedding_size)
 
     if repo_dir != (Path(definitions.__file__).parent).resolve():

@@ -84,7 +84,9 @@ def run(config: CartwiseConfig, candidate: Path, adapter: str | None = None, out
     if not candidate.is_file():
         raise FileNotFoundError(f"{candidate}: candidate file not found")
     name = adapter or config.data.adapter
-    out = out or Layout(config.work_dir).root / "validation" / f"candidate_{candidate.name.split('.')[0]}.json"
+    # the whole file name but its compression and format suffixes: 2011-05.part1.csv and .part2.csv apart
+    stem = candidate.name.removesuffix(".gz").removesuffix(".csv").removesuffix(".parquet")
+    out = out or Layout(config.work_dir).root / "validation" / f"candidate_{stem}.json"
     with step(STAGE, f"{candidate.name} ({name}) vs the reference of bundle {version}", log) as s:
         try:
             read = get_adapter(name).read(candidate, config.data.on_malformed_value)

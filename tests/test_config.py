@@ -168,3 +168,21 @@ def test_a_staleness_limit_for_no_feature_view_stops_the_features_stage(tmp_path
                        base_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"no feature view named 'user_purchase_stat' \(views: .*user_purchase_stats"):
         build_features.run(cfg, log=lambda m: None)
+
+
+def test_the_features_stage_names_an_empty_event_log(tmp_path):
+    """A header-only input ingests no event: the features stage says so (it failed deep in the text embedding
+    with `attempt to get argmax of an empty sequence`)."""
+    import pandas as pd
+
+    from pipelines import build_features
+    from pipelines.schema import EVENT_DTYPES, ITEM_DTYPES
+
+    cfg = parse_config({"data": {"work_dir": "w"}}, base_dir=tmp_path)
+    (cfg.work_dir / "ingest").mkdir(parents=True)
+    pd.DataFrame({c: pd.Series(dtype=t) for c, t in EVENT_DTYPES.items()}).to_parquet(
+        cfg.work_dir / "ingest" / "events.parquet")
+    pd.DataFrame({c: pd.Series(dtype=t) for c, t in ITEM_DTYPES.items()}).to_parquet(
+        cfg.work_dir / "ingest" / "items.parquet")
+    with pytest.raises(ValueError, match="events.parquet holds no events"):
+        build_features.run(cfg, log=lambda m: None)
