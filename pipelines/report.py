@@ -14,7 +14,8 @@ The schema read (every top-level key optional):
     cohorts: {cohort: {method: {"users": n, <metric>@<k>: ..}}}
     coverage_curve: {method: [[k, coverage], ...]}
     category_spread: {method: {"distinct@10": .., "top_share@10": ..}}
-    candidates: {"recall@k": {"100": .., ...}, "ranking_ndcg@10_given_candidates": ..}
+    candidates: {"recall": .. (of the whole candidate set), "per_user": .. (its mean size), "by_source": {..},
+                 "ranking_ndcg@10_given_candidates": ..}; a "recall@k" map ({"100": .., ...}) is shown too if given
     scores: {method: [float, ...]}
     training: {stage: [{"epoch": 1, "loss": .., "examples_per_s": ..}, ...]}
     test_users, test_purchases, catalog_items, split: {"train_end": .., "test_end": ..}
