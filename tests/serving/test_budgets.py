@@ -215,13 +215,13 @@ def test_a_rankers_online_read_over_the_budget_keeps_the_retrieval_order(base):
     user = str(base.bundle.history[n.USER_ID].value_counts().index[0])  # a buyer: the ranker reads pair rows
     now = SessionContext(time=pd.Timestamp(rec.ranker.spec["as_of"]).to_pydatetime())
     assert FALLBACK_RANKING not in rec.recommend(user, 5, session=now).flags  # in time: ranked
-    gate, real = threading.Event(), rec.ranker.pairs.read
+    gate, real = threading.Event(), rec.ranker.pairs.matrix
 
     def blocked(*a, **kw):
         assert gate.wait(30), "the test never opened the gate"
         return real(*a, **kw)
 
-    rec.ranker.pairs.read = blocked
+    rec.ranker.pairs.matrix = blocked
     try:
         r = rec.recommend(user, 5, session=now)
         assert FALLBACK_RANKING in r.flags and len(r.items) == 5
