@@ -203,6 +203,17 @@ class OnlineFeatureReader:
         return out
 
 
+def _float_or_as_is(value: Any) -> Any:
+    """A stored value as a float (a missing one as 0.0, what training fills a user statistic with); one that is
+    not a number as it is, for the stage that reads it to impute and count (a `float()` here raised, a 500)."""
+    if value is None:
+        return 0.0
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
 class CircuitBreaker:
     """Closed -> (a read fails) open for `cooldown` s -> half-open: one trial read -> closed or open again.
 
@@ -317,7 +328,7 @@ class OnlineUserFeatures:
         values = got.rows[0]
         if all(values.get(name) is None for name in self.query_names):  # judged on the service's own features
             return None
-        return {k: float(v) if v is not None else 0.0 for k, v in values.items()}
+        return {k: _float_or_as_is(v) for k, v in values.items()}
 
     def _read(self, entity_rows: list[dict], now: dt.datetime | None = None) -> OnlineRead:
         return self.guarded(lambda: self.reader.read(entity_rows, now))

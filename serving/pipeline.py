@@ -503,7 +503,8 @@ class Recommender:
             # the ranker's reads: through the store's circuit breaker, each within the features budget
             ranker = LearnedRanker(root, self.catalog, self.categories, pairs,
                                    read=lambda fn: self._within_budget(lambda: guarded(fn)),
-                                   max_age=_max_ages(self.bundle.root))
+                                   max_age=_max_ages(self.bundle.root),
+                                   imputed=lambda names: self.imputed.add(names))  # counted with the query's
         except RankerWiringError as e:
             raise PipelineWiringError(f"{where}: ranker: {e}") from None
         if hasattr(self.features, "with_refs"):
@@ -895,11 +896,16 @@ def _instant(text: str) -> dt.datetime:
     return (t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
 
 
+#: the largest magnitude a float32 model input holds: a finite float64 beyond it turns infinite in the cast
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def impute_non_finite(feats: dict, names: Sequence[str]) -> tuple[dict, list[str]]:
-    """Online features with NaN, infinite or non-numeric values of `names` replaced by 0.
+    """Online features with NaN, infinite, non-numeric or float32-overflowing values of `names` replaced by 0.
 
     0 is what training fills a missing user statistic with
-    (pipelines/build_dataset.py FILL_VALUES); an infinite value would make
+    (pipelines/build_dataset.py FILL_VALUES); an infinite value (or a finite
+    one past float32's range, infinite once cast for the tower) would make
     the query embedding NaN, which ScaNN refuses.
 
     Returns:
@@ -910,7 +916,8 @@ def impute_non_finite(feats: dict, names: Sequence[str]) -> tuple[dict, list[str
         if name not in feats:
             continue
         try:
-            ok = np.isfinite(float(feats[name]))
+            value = float(feats[name])
+            ok = bool(np.isfinite(value)) and abs(value) <= FLOAT32_MAX
         except (TypeError, ValueError):
             ok = False
         if not ok:

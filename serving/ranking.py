@@ -97,6 +97,20 @@ def _value(v) -> Any:
 #: distinct stored values :meth:`PairReader.matrix` keeps decoded (counts, days and flags repeat across rows)
 DECODED_VALUES_KEPT = 1 << 16
 
+#: the largest magnitude the model's float32 input holds (a finite float64 beyond it turns infinite in the cast)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _number(value: Any) -> float:
+    """A stored value as a float: NaN when missing (filled as training fills it), +inf when it is not a number
+    (so that the matrix imputes it and counts it as it does an infinite value)."""
+    if value is None:
+        return np.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return np.inf
+
 
 class ScoreState:
     """Source scores of (user, candidate) pairs: what `pipelines.candidates.CandidateGenerator` computes offline.
@@ -267,7 +281,7 @@ class PairReader:
     def matrix(self, view: str, join_keys: Sequence[str], keys: Sequence[tuple[str, str]],
                fields: Sequence[str]) -> np.ndarray:
         """:meth:`read` as numbers: (len(keys), len(fields)) float64, NaN where a key has no row or a value is
-        unset.
+        unset, +inf where a stored value is not a number (:func:`_number`).
 
         On the repo's SQLite store the stored rows are decoded here: each distinct serialized value once while
         at most :data:`DECODED_VALUES_KEPT` are kept (a heavy buyer's read is ~1,000 values: as protos grouped
@@ -283,8 +297,8 @@ class PairReader:
         if self._serialized is None or self.store.config.entity_key_serialization_version != 3:
             for i, values in enumerate(self.read(view, join_keys, keys)):
                 for f, v in (values or {}).items():
-                    if f in col and v is not None:
-                        out[i, col[f]] = float(v)
+                    if f in col:
+                        out[i, col[f]] = _number(v)
             return out
         serialized = string_entity_keys(join_keys, keys)
         try:
@@ -302,8 +316,7 @@ class PairReader:
                 continue
             v = decoded.get(blob)
             if v is None:
-                x = _value(Value.FromString(blob))
-                v = np.nan if x is None else float(x)
+                v = _number(_value(Value.FromString(blob)))
                 if len(decoded) < DECODED_VALUES_KEPT:
                     decoded[blob] = v
             for i in at[key]:
@@ -326,6 +339,8 @@ class LearnedRanker:
         read: wraps each online read (the features stage's circuit breaker).
         max_age: per view, the oldest value served (`features.max_age_hours`; default: the view's TTL),
             applied to the item matrix's expiring views at the request time.
+        imputed: called with the names of the features a request's matrix held an infinite, non-numeric or
+            float32-overflowing value of (served as the training fill); the pipeline counts them.
 
     Raises:
         RankerWiringError: a file is missing, or the model and its spec disagree.
@@ -335,7 +350,8 @@ class LearnedRanker:
 
     def __init__(self, root: Path, catalog: Catalog, categories: dict[str, Any], pairs: PairReader | None,
                  read: Callable[[Callable[[], Any]], Any] | None = None,
-                 max_age: dict[str, dt.timedelta] | None = None):
+                 max_age: dict[str, dt.timedelta] | None = None,
+                 imputed: Callable[[Sequence[str]], None] | None = None):
         from models.ranking import load_stacked_scorer
 
         root = Path(root)
@@ -359,6 +375,7 @@ class LearnedRanker:
         self.catalog = catalog
         self.pairs = pairs
         self.read = read or (lambda fn: fn())
+        self.imputed = imputed or (lambda names: None)
         # the item columns as one float64 block, a row per catalog row (the matrix's rows are the catalog's:
         # checked above) and the views' event times last: a request gathers its candidates' rows at once
         # (one column at a time read ~16 scattered values per candidate)
@@ -443,8 +460,7 @@ class LearnedRanker:
         feats = query.features or {}
         cols: dict[str, np.ndarray] = {}
         for f in self.user_fields:
-            v = feats.get(f)
-            cols[f] = np.full(m, np.nan if v is None else float(v))
+            cols[f] = np.full(m, _number(feats.get(f)))
         known = rows >= 0
         everything = bool(known.all())
         safe = rows if everything else np.where(known, rows, 0)
@@ -492,7 +508,8 @@ class LearnedRanker:
 
     def matrix(self, rows: np.ndarray, query: Query) -> np.ndarray:
         """The model's input [m, F] (float64 before the model's float32 cast): raw columns, on-demand features,
-        source scores, missing values filled as in training."""
+        source scores, missing values filled as in training; infinite, non-numeric and float32-overflowing
+        values filled the same way and counted (`imputed`)."""
         cols = self.raw(rows, query)
         for fn in ON_DEMAND:
             cols.update(fn(cols))
@@ -500,7 +517,11 @@ class LearnedRanker:
         x = np.empty((len(rows), len(self.features)), dtype=np.float64)
         for j, f in enumerate(self.features):
             x[:, j] = cols[f]
-        bad = np.isnan(x)
+        # infinite, not a number (+inf, `_number`) or past float32: imputed like a missing value, and counted
+        wrong = np.abs(x) > FLOAT32_MAX
+        if wrong.any():
+            self.imputed([self.features[j] for j in np.flatnonzero(wrong.any(axis=0))])
+        bad = np.isnan(x) | wrong
         if bad.any():
             x[bad] = np.broadcast_to(self.fill, x.shape)[bad]
         return x

@@ -429,8 +429,9 @@ def test_index_for_another_embedding_size_without_golden_queries_is_refused(serv
 # --- 3. non-finite online features --------------------------------------------------------------------------
 
 
-def _write_raw_value(store, user: str, feature: str, value: float) -> None:
-    """Write one feature value into the online store as a raw proto double, as a faulty upstream writer would.
+def _write_raw_value(store, user: str, feature: str, value: float | str, view: str = n.USER_STATS_VIEW) -> None:
+    """Write one feature value into the online store as a raw proto double (a string: as a string value), as a
+    faulty upstream writer would; the view's other values of the user are kept as materialized.
 
     `FeatureStore.write_to_online_store` turns a NaN of a DataFrame into a
     missing value, so a NaN can only reach the store below it (the provider).
@@ -438,11 +439,14 @@ def _write_raw_value(store, user: str, feature: str, value: float) -> None:
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
     from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-    view = store.get_feature_view(n.USER_STATS_VIEW)
+    fv = store.get_feature_view(view)
     key = EntityKeyProto(join_keys=[n.USER_ID], entity_values=[ValueProto(string_val=user)])
+    provider = store._get_provider()
+    (_, values), = provider.online_read(config=store.config, table=fv, entity_keys=[key])
+    values = dict(values or {})
+    values[feature] = ValueProto(string_val=value) if isinstance(value, str) else ValueProto(double_val=value)
     ts = dt.datetime(2012, 1, 1, tzinfo=dt.timezone.utc)  # newer than anything materialized
-    store._get_provider().online_write_batch(store.config, view, [(key, {feature: ValueProto(double_val=value)},
-                                                                   ts, ts)], None)
+    provider.online_write_batch(store.config, fv, [(key, values, ts, ts)], None)
 
 
 def _ask_with_a_bad_feature(redis_server, rec, user: str, value: float) -> httpx.Response:
@@ -472,3 +476,32 @@ def test_non_finite_user_feature_is_imputed_counted_and_the_request_answers(redi
     assert rec.imputed.counts[n.USER_REVENUE] == before + 1
     text = "\n".join(f"{m.name} {s.labels} {s.value}" for m in rec.registry.collect() for s in m.samples)
     assert "cartwise_imputed_features" in text and n.USER_REVENUE in text
+
+
+@pytest.mark.parametrize("user, view, feature, value, where", [
+    ("U044", n.USER_STATS_VIEW, n.USER_REVENUE, 1e300, "query"),  # finite, but infinite once cast to float32
+    ("U045", n.USER_STATS_VIEW, n.USER_REVENUE, "n/a", "query"),  # not a number: float() raised, a 500
+    ("U046", n.USER_PROFILE_VIEW, n.USER_VIEWS, math.inf, "ranker"),  # a field the ranker reads, the tower not
+    ("U047", n.USER_PROFILE_VIEW, n.USER_VIEWS, 1e300, "ranker"),
+])
+def test_a_value_the_model_cannot_take_is_imputed_and_counted_wherever_it_is_read(
+        redis_server, redis_shop, user, view, feature, value, where):
+    """Values the query tower or the ranker cannot take, in any view the request reads: imputed with the
+    training default and counted on /metrics; the request answers 200 with finite scores (a 500 from ScaNN or
+    float(), or `"score": null` from the ranker, before)."""
+    _, _, rec = redis_shop
+    redis_server.ensure_running()
+    wait_store_closed(rec)
+    if where == "ranker":
+        assert feature in rec.ranker.user_fields and feature not in rec.float_inputs
+    before = rec.imputed.counts.get(feature, 0)
+    _write_raw_value(rec.features.store, user, feature, value, view=view)
+    with BackgroundServer(create_app(rec, max_k=20)) as srv:
+        r = httpx.post(f"{srv.url}/v1/recommend", json={"user_id": user, "k": K}, timeout=CLIENT_TIMEOUT)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["items"]) == K and all(isinstance(x["score"], float) and math.isfinite(x["score"])
+                                            for x in body["items"]), body
+    assert rec.imputed.counts.get(feature, 0) == before + 1
+    if where == "query":
+        assert any(feature in w for w in body["warnings"]), body["warnings"]
