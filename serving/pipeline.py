@@ -806,7 +806,8 @@ class Recommender:
     def _add_pinned(self, candidates: Candidates, context: RuleContext, query: Query,
                     exclude: Sequence[str]) -> Candidates:
         """`RuleChain.add_pinned` on retrieved candidates (which carry their catalog rows): a pin's item is
-        looked for by row, and one the request excludes is not inserted."""
+        looked for by row, and one the request excludes (`exclude`: ids, with the cart's; or an excluded
+        catalog row) is not inserted."""
         chain = self.rules.chain
         if not chain.insertable_items:
             return candidates
@@ -861,7 +862,8 @@ class Recommender:
         if skipped:
             flags.append(BUDGET_RETRIEVAL)
             warnings.append(f"retrieval: over its {budgets.retrieval:g} ms budget, skipped {', '.join(skipped)}")
-        cands = self._add_pinned(cands, context, query, exclude)
+        # never served: the request's exclusions and the cart, by id (a pin may name an item the catalog lacks)
+        cands = self._add_pinned(cands, context, query, [*exclude, *(session.cart if session is not None else ())])
         cands = self.item_columns.fill(cands, self._fill)
         try:
             scores = np.asarray(self.ranker.score(cands, query), dtype=np.float64)

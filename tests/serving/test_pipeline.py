@@ -356,6 +356,14 @@ def test_pins_of_catalog_items_are_found_by_row_and_never_inserted_against_the_r
     for item in (present, absent):
         for kw in ({"session": SessionContext(cart=[item])}, {"exclude": [item]}):
             assert item not in ids(rec.recommend("U002", 5, **kw)), (item, kw)
+    # a pinned item the bundle's catalog lacks (launched after the export): inserted, but not when it is in the
+    # cart (the cart's unknown ids are ignored for retrieval, with a warning: it was inserted there too)
+    new = with_config(base, {"retrieval": {"k": 10}, "rules": [
+        {"type": "pin", "name": "launch", "item": "NEW1", "position": 1, "insert": True}]},
+        ranker=RetrievalScoreRanker())
+    assert ids(new.recommend("U002", 5))[0] == "NEW1"
+    carted = new.recommend("U002", 5, session=SessionContext(cart=["NEW1"]))
+    assert "NEW1" not in ids(carted) and any("NEW1" in w for w in carted.warnings)
 
 
 RULE_ST_CATS = ["mugs", "toys", "garden", None]
