@@ -248,8 +248,10 @@ def _check_content_encoding(value: str | None) -> None:
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused as soon as it is known to exceed `limit` bytes (declared or received)."""
     declared = request.headers.get("content-length", "")
-    # ASCII digits only ("²".isdigit() is True), and no int() of a 5000-digit header
-    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+    # ASCII digits only ("²".isdigit() is True), and no int() of a 5000-digit header (leading zeros aside:
+    # 0000...008 is a length of 8)
+    digits = declared.lstrip("0")
+    if declared.isascii() and declared.isdigit() and (len(digits) > 18 or int(digits or "0") > limit):
         raise BodyError([error(["body"], "body_too_large", f"the body is larger than {limit} bytes "
                                                            f"(Content-Length: {declared[:20]})")], status=413)
     chunks, size = [], 0

@@ -283,6 +283,17 @@ def test_a_huge_content_length_is_refused_before_the_body_arrives(server):
     assert status == 413 and json.loads(body)["detail"][0]["field"] == "body"
 
 
+def test_a_content_length_with_leading_zeros_is_its_value(server):
+    """`Content-Length: 000...0008` is a length of 8 (HTTP allows leading zeros): answered, not refused as over
+    the limit for its 23 digits; a length past the limit with zeros in front is still refused."""
+    srv, _ = server
+    body = b'{"k": 3}'
+    status, got = _raw(srv.port, HEAD + b"Content-Length: 0000000000000000000000008\r\n\r\n" + body)
+    assert status == 200 and len(json.loads(got)["items"]) == 3
+    status, _ = _raw(srv.port, HEAD + b"Content-Length: 00000000000000000000010000000\r\n\r\n{}", timeout=10)
+    assert status == 413
+
+
 def test_a_chunked_body_is_counted_as_it_arrives(server):
     srv, _ = server
     chunk = b"8000\r\n" + b" " * 0x8000 + b"\r\n"
