@@ -40,7 +40,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import anyio
 import anyio.to_thread
@@ -201,10 +201,22 @@ class _Metrics:
 
 
 class _MetricsMiddleware:
-    """Pure ASGI: times every HTTP request and counts it by route template (`unmatched` for 404s) and status."""
+    """Pure ASGI: times every HTTP request and counts it by route template (`unmatched` for 404s) and status.
 
-    def __init__(self, app, metrics: _Metrics):
-        self.app, self.metrics = app, metrics
+    FastAPI puts its API routes on the request's scope; the app's own pages (`/openapi.json`, `/docs`, ...) are
+    plain routes that do not, so those are matched here against `routes` (the app's) by template.
+    """
+
+    def __init__(self, app, metrics: _Metrics, routes: Sequence[Any] = ()):
+        self.app, self.metrics, self.routes = app, metrics, list(routes)
+
+    def _template(self, scope) -> str:
+        from starlette.routing import Match
+
+        for route in self.routes:
+            if route.matches(scope)[0] == Match.FULL:
+                return route.path
+        return "unmatched"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -220,7 +232,7 @@ class _MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            endpoint = getattr(scope.get("route"), "path", None) or "unmatched"
+            endpoint = getattr(scope.get("route"), "path", None) or self._template(scope)
             self.metrics.observe(endpoint, status, time.perf_counter() - t0)
 
 
@@ -322,7 +334,7 @@ def create_app(recommender: Recommender | BundleSlot, max_k: int = 200, reload_t
     metrics = _Metrics()
     metrics.registry.register(RecommenderMetrics(lambda: slot.current))  # once: it follows the slot
     app.state.slot, app.state.registry, app.state.metrics = slot, metrics.registry, metrics
-    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    app.add_middleware(_MetricsMiddleware, metrics=metrics, routes=app.router.routes)
 
     def error_response(status: int, errors: list[ErrorItem], headers: dict | None = None) -> ErrorJSONResponse:
         if status in (413, 415, 422):

@@ -111,6 +111,7 @@ def test_metrics_count_requests_latency_and_validation_errors_per_app(recommende
     assert c.post("/v1/recommend", json={"k": 0, "session": {"viewed": [""]}, "colour": 1}).status_code == 422
     assert c.post("/v1/recommend", content=b"{}", headers={"content-type": "text/plain"}).status_code == 415
     assert c.get("/no/such/path").status_code == 404
+    assert c.get("/openapi.json").status_code == 200 and c.get("/docs").status_code == 200
     r = c.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
@@ -119,6 +120,9 @@ def test_metrics_count_requests_latency_and_validation_errors_per_app(recommende
     assert _sample(text, requests, endpoint="/v1/recommend", status="422") == 1
     assert _sample(text, requests, endpoint="/v1/recommend", status="415") == 1
     assert _sample(text, requests, endpoint="unmatched", status="404") == 1  # client paths are not labels
+    # the app's own pages by their path (they counted as unmatched)
+    assert _sample(text, requests, endpoint="/openapi.json", status="200") == 1
+    assert _sample(text, requests, endpoint="/docs", status="200") == 1
     assert _sample(text, "cartwise_http_request_duration_seconds_count", endpoint="/v1/recommend") == 5
     assert _sample(text, "cartwise_http_request_duration_seconds_sum", endpoint="/v1/recommend") > 0
     errors = "cartwise_request_validation_errors_total"
