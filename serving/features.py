@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 from feast import FeatureStore
 
 from feature_repo import names as n
@@ -50,6 +51,9 @@ from feature_repo import names as n
 log = logging.getLogger(__name__)
 
 TS_SUFFIX = "__ts"
+#: the largest magnitude a float32 model input holds: a finite float64 beyond it turns infinite in the cast
+#: (the query tower's and the ranker's inputs impute such values, serving/pipeline.py and serving/ranking.py)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: redis-py socket timeouts (seconds) of the serving reads, appended to a Redis `connection_string` that does
 #: not set them itself (Feast passes `key=value` items of the string to `redis.Redis(**kwargs)`). A user's
 #: features are one small HMGET pipeline, answered in well under a millisecond by a healthy server.

@@ -97,7 +97,7 @@ from cartwise.config import CartwiseConfig, ConfigError, parse_config
 from feature_repo import names as n
 from serving.candidates import Candidates
 from serving.diversity import EMBEDDING, Diversifier
-from serving.features import OnlineStoreUnavailable, OnlineUserFeatures
+from serving.features import FLOAT32_MAX, OnlineStoreUnavailable, OnlineUserFeatures
 from serving.overrides import OverrideTracker, RuleStep
 from serving.request import SessionContext
 from serving.rules import PIN_SOURCE, PinRule, Rule, RuleChain, RuleContext
@@ -896,10 +896,6 @@ def _instant(text: str) -> dt.datetime:
     """An ISO 8601 instant from a manifest as an aware UTC datetime."""
     t = dt.datetime.fromisoformat(text)
     return (t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
-
-
-#: the largest magnitude a float32 model input holds: a finite float64 beyond it turns infinite in the cast
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def impute_non_finite(feats: dict, names: Sequence[str]) -> tuple[dict, list[str]]:
