@@ -1078,10 +1078,11 @@ class Retriever:
             rows, raw, merged, sid = rows[keep], raw[keep], merged[keep], sid[keep]
         need = n - len(rows)
         if need > 0 and self._fallback:
-            q = query.excluding(rows)
+            q, taken = query, rows  # `taken`: rows found since `q` was made, excluded before the next ask
             for i in self._fallback:
                 if need <= 0:
                     break
+                q = q.excluding(taken)
                 frows, fscores = self._ask(i, q, need)
                 w = self.slots[i].weight
                 rows = np.concatenate([rows, frows])
@@ -1090,7 +1091,7 @@ class Retriever:
                 sid = np.concatenate([sid, np.full(len(frows), i, dtype=np.int64)])
                 found = np.concatenate([found, np.full(len(frows), 1, dtype=np.int64) << i])
                 need -= len(frows)
-                q = q.excluding(frows)
+                taken = frows
         c = self.catalog
         return Candidates(c.item_ids[rows], merged, self._labels[sid], c.categories[rows],
                           {ROW: rows, FOUND_BY: found, RETRIEVAL_SCORE: raw}), skipped
