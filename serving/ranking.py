@@ -60,11 +60,13 @@ from feature_repo import names as n
 from serving.candidates import Candidates
 from feature_repo.item_matrix import TS_PREFIX, ItemFeatureMatrix
 from feature_repo.online_stores import OrderedSqliteOnlineStore, string_entity_keys
-from serving.features import OnlineStoreUnavailable
+from serving.features import FLOAT32_MAX, OnlineStoreUnavailable
 from serving.sources import ROW, Catalog, Query
 
 RANKING_DIR = "ranking"
 _NO_ROWS = np.zeros(0, dtype=np.int64)
+#: the category key of an item without a category, as training's join gives it
+UNKNOWN_CATEGORY = "unknown"
 SECONDS_PER_DAY = 86400.0
 #: views by what keys them
 USER_VIEWS = ("user_purchase_stats", "user_profile", "user_purchase_windows")
@@ -96,9 +98,6 @@ def _value(v) -> Any:
 
 #: distinct stored values :meth:`PairReader.matrix` keeps decoded (counts, days and flags repeat across rows)
 DECODED_VALUES_KEPT = 1 << 16
-
-#: the largest magnitude the model's float32 input holds (a finite float64 beyond it turns infinite in the cast)
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _number(value: Any) -> float:
@@ -397,10 +396,15 @@ class LearnedRanker:
         self.user_fields = [ref.split(":", 1)[1] for ref in user_refs()]
         self.pair_fields = [f.name for f in views[PAIR_VIEW].features]
         self.category_fields = [f.name for f in views[CATEGORY_VIEW].features]
-        # the category key of each row, as training joins it (items without one: "unknown")
-        self.category_keys = np.array(["unknown" if _missing(categories.get(i)) else str(categories.get(i))
-                                       for i in catalog.item_ids.tolist()], dtype=object)
-        self.pair_rows, self.category_pairs = self._pair_keys(root, catalog)
+        # the category key of each row, as training joins it (feature_tables.category_keys), as a code into
+        # the sorted key names (requests compare codes, not strings)
+        keys = [UNKNOWN_CATEGORY if _missing(categories.get(i)) else str(categories.get(i))
+                for i in catalog.item_ids.tolist()]
+        names, codes = np.unique(np.array([*keys, UNKNOWN_CATEGORY], dtype=object), return_inverse=True)
+        self.category_names: np.ndarray = names
+        self.category_code = codes[:-1].astype(np.int64)
+        self.unknown_category = int(codes[-1])
+        self.pair_rows, self.category_pairs = self._pair_keys(root, catalog, {k: c for c, k in enumerate(names)})
         computed = {*self.user_fields, *items.columns, *self.pair_fields, *self.category_fields,
                     *n.SOURCE_SCORES, *(f.name for fn in ("request_features", n.RANKING_REQUEST_VIEW)
                                          for f in views[fn].features)}
@@ -422,8 +426,10 @@ class LearnedRanker:
         return x.astype(np.float32)
 
     @staticmethod
-    def _pair_keys(root: Path, catalog: Catalog) -> tuple[dict[str, np.ndarray], dict[str, frozenset]]:
-        """user -> catalog rows with a user x item row, user -> categories with a user x category row."""
+    def _pair_keys(root: Path, catalog: Catalog,
+                   category_code: dict[str, int]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """user -> catalog rows with a user x item row; user -> codes (`category_code`) of the catalog's
+        categories with a user x category row, sorted (a category no catalog item has is never a candidate's)."""
         try:
             pairs = pd.read_parquet(root / "pairs.parquet", columns=[n.USER_ID, n.ITEM_ID])
             cats = pd.read_parquet(root / "category_pairs.parquet", columns=[n.USER_ID, n.CATEGORY_KEY])
@@ -432,7 +438,9 @@ class LearnedRanker:
         rows = pairs[n.ITEM_ID].map(catalog.row_of).fillna(-1).to_numpy(np.int64)
         pairs = pairs.assign(_row=rows)[rows >= 0]
         by_user = {u: np.unique(g.to_numpy(np.int64)) for u, g in pairs.groupby(n.USER_ID, sort=False)["_row"]}
-        by_cat = {u: frozenset(g.tolist()) for u, g in cats.groupby(n.USER_ID, sort=False)[n.CATEGORY_KEY]}
+        code = cats[n.CATEGORY_KEY].astype(str).map(category_code).fillna(-1).to_numpy(np.int64)
+        cats = cats.assign(_code=code)[code >= 0]
+        by_cat = {u: np.unique(g.to_numpy(np.int64)) for u, g in cats.groupby(n.USER_ID, sort=False)["_code"]}
         return by_user, by_cat
 
     def score(self, candidates: Candidates, query: Query) -> np.ndarray:
@@ -490,19 +498,21 @@ class LearnedRanker:
             for j, f in enumerate(self.pair_fields):
                 cols[f][at] = got[:, j]
         # user x category rows exist for the categories of what the shopper bought (or has in the session)
-        keys = self.category_keys[safe]
+        codes = self.category_code[safe]
         if not everything:
-            keys[~known] = "unknown"
-        have = self.category_pairs.get(user, frozenset()) | set(self.category_keys[known_rows].tolist())
-        wanted = sorted(have & set(keys.tolist()))
-        if self.pairs is not None and wanted:
+            codes[~known] = self.unknown_category
+        have = self.category_pairs.get(user, _NO_ROWS)
+        if len(known_rows):
+            have = np.union1d(have, self.category_code[known_rows])
+        wanted = np.intersect1d(have, codes)  # sorted codes, i.e. key names in sorted order
+        if self.pairs is not None and len(wanted):
+            names = self.category_names[wanted].tolist()
             got = self.read(lambda: self.pairs.matrix(CATEGORY_VIEW, [n.USER_ID, n.CATEGORY_KEY],
-                                                      [(user, c) for c in wanted], self.category_fields))
-            for c, values in zip(wanted, got):
-                if not np.isnan(values).all():
-                    hit = keys == c
-                    for f, v in zip(self.category_fields, values.tolist()):
-                        cols[f][hit] = v
+                                                      [(user, c) for c in names], self.category_fields))
+            pos = np.minimum(np.searchsorted(wanted, codes), len(wanted) - 1)
+            hit = np.flatnonzero(wanted[pos] == codes)
+            for j, f in enumerate(self.category_fields):
+                cols[f][hit] = got[pos[hit], j]
         cols[n.REQUEST_TS] = np.full(m, float(int(query.now.timestamp())))
         return cols
 

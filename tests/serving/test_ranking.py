@@ -258,7 +258,8 @@ def test_pair_matrix_decodes_what_the_provider_read_answers(served):
     pair_keys = [(u, str(rec.catalog.item_ids[r])) for u in users for r in ranker.pair_rows[u][:8]]
     pair_keys += [(users[0], "no such item"), pair_keys[0]]
     fields = [*reversed(ranker.pair_fields), "not a field"]
-    cat_keys = [(u, c) for u in users for c in sorted(ranker.category_pairs.get(u, ()))[:3]] + [(users[0], "none")]
+    cat_keys = [(u, c) for u in users for c in ranker.category_names[ranker.category_pairs.get(u, [])][:3]]
+    cat_keys += [(users[0], "none")]
     for view, join_keys, keys, fs in ((PAIR_VIEW, [n.USER_ID, n.ITEM_ID], pair_keys, fields),
                                       (CATEGORY_VIEW, [n.USER_ID, n.CATEGORY_KEY], cat_keys,
                                        ranker.category_fields)):
