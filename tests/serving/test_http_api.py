@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cartwise.bundle import current_bundle
-from serving.app import RecommendResponse, create_app, metric_field
+from serving.app import RecommendedItem, RecommendResponse, create_app, metric_field
 from serving.pipeline import COLD_ANONYMOUS, Recommender
 from serving.request import MAX_BODY_BYTES, ErrorResponse, SessionContext
 
@@ -44,7 +44,10 @@ def _sample(text: str, name: str, **labels) -> float:
 def test_existing_fields_answer_what_the_pipeline_answers(client, recommender):
     body = {"user_id": "U005", "k": 5, "exclude": ["I001"], "exclude_purchased": True}
     r = client.post("/v1/recommend", json=body)
-    assert r.status_code == 200
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    # every field of the schema present, nothing else (the route renders the body itself)
+    assert set(r.json()) == set(RecommendResponse.model_fields)
+    assert all(set(i) == set(RecommendedItem.model_fields) for i in r.json()["items"])
     got = RecommendResponse.model_validate(r.json())
     want = recommender.recommend("U005", 5, ["I001"], True)
     assert [(i.item_id, i.score, i.source) for i in got.items] == [(i.item_id, i.score, i.source) for i in want.items]
