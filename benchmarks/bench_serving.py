@@ -19,8 +19,8 @@ the 2 cores with the server). Per case:
 1. **In-process** (in the server process, while its HTTP side is idle):
    the same request bodies through `parse_json` + `validate_request`
    (what the app does before the pipeline), `Recommender.recommend`, and
-   the response the app builds (`RecommendResponse`, serialized through
-   FastAPI's own `serialize_response` on the route's response field).
+   the response the app builds (`serving.app.recommendation_json`: a
+   `RecommendResponse` serialized by pydantic, the route's own call).
    - **stage breakdown**: the pipeline has no stage timings of its own, so
      they are measured from outside: the stages of the *real*
      `Recommender.recommend` are wrapped with timers for the duration of
@@ -53,8 +53,11 @@ the 2 cores with the server). Per case:
    sleeps until 1.5 ms before its time and then polls the event loop
    (`asyncio.sleep(0)`, so answers arriving meanwhile are read) until it; a
    plain `asyncio.sleep` woke up to 0.5 ms late at the median and up to 2 ms at
-   p99 (the reported `send_lag_ms`), which counted as server latency. The goal
-   is judged here.
+   p99 (the reported `send_lag_ms`), which counted as server latency. Beside
+   the latency seen by the client, the server times its own pipeline calls
+   (`Recommender.recommend`) for these requests (`server_recommend_ms`): what
+   the client sees over that is HTTP, waking up and waiting behind an earlier
+   request. The goal is judged here.
 
 Cases:
 
@@ -277,36 +280,6 @@ class StageTimers:
         self.cur.clear()
         self.counts.clear()
         return cur, counts
-
-
-def _response_maker(app):
-    """The app's answer -> JSON bytes, as FastAPI does it for `/v1/recommend` (same response field, same call)."""
-    from fastapi.routing import serialize_response
-
-    from serving.app import RecommendedItem, RecommendResponse
-
-    route = next(r for r in app.routes if getattr(r, "path", None) == "/v1/recommend")
-    field = route.response_field
-
-    def make(rec_, rec) -> bytes:
-        resp = RecommendResponse(  # as serving/app.py `answer` builds it
-            user_id=rec.user_id, bundle_version=rec.bundle_version, flags=list(rec.flags),
-            warnings=list(getattr(rec, "warnings", [])),
-            items=[RecommendedItem(item_id=r.item_id, score=r.score, source=r.source,
-                                   title=rec_.titles.get(r.item_id), category=rec_.categories.get(r.item_id),
-                                   rules=list(getattr(r, "rules", []))) for r in rec.items])
-        try:
-            coro = serialize_response(field=field, response_content=resp, is_coroutine=True, dump_json=True)
-            try:
-                coro.send(None)  # no awaits on this path: it finishes in one step
-            except StopIteration as stop:
-                return stop.value
-            coro.close()
-        except TypeError:  # another FastAPI: its signature differs
-            pass
-        return resp.model_dump_json().encode()
-
-    return make
 
 
 def _demo_recommender(bundle: str | None, demo_work: str | None):
@@ -573,7 +546,7 @@ def child_main(spec: dict) -> None:
     t0 = time.perf_counter()
     import numpy as np
 
-    from serving.app import create_app
+    from serving.app import create_app, recommendation_json
     from serving.request import parse_json, validate_request
     from serving.server import BackgroundServer
 
@@ -601,8 +574,21 @@ def child_main(spec: dict) -> None:
     req_file.write_text("".join(b.decode() + "\n" for b in bodies))
     app = create_app(rec, max_k=max_k, **({} if spec["threads"] is None else {"threads": spec["threads"]}))
     info["threads"] = "serving.threads default" if spec["threads"] is None else spec["threads"]
-    respond = _response_maker(app)
+    respond = recommendation_json  # the route's own rendering
     timers = StageTimers(rec)
+    # the pipeline's own time for the requests the server answers over HTTP (`record` commands: the open loop)
+    served_ms: list[float] | None = None
+    recommend = rec.recommend
+
+    def recorded(*a, **k):
+        t = time.perf_counter_ns()
+        try:
+            return recommend(*a, **k)
+        finally:
+            if served_ms is not None:
+                served_ms.append((time.perf_counter_ns() - t) / 1e6)
+
+    rec.recommend = recorded  # an instance attribute: the app's slot holds this very object
 
     def full(body: bytes) -> tuple[object, bytes]:
         req = validate_request(parse_json(body), max_k=max_k)
@@ -623,6 +609,10 @@ def child_main(spec: dict) -> None:
                 break
             if what == "rss":
                 _emit({"event": "rss", **_rss(), "gc": gc_pauses.summary()})
+                continue
+            if what == "record":  # on: start timing the HTTP requests' pipeline calls; off: answer them
+                got, served_ms = served_ms, ([] if cmd["on"] else None)
+                _emit({"event": "recorded", "ms": got or []})
                 continue
             idx = [(cmd["offset"] + i) % len(bodies) for i in range(cmd["n"])]
             plain: list[float] = []
@@ -911,15 +901,21 @@ def run_case(case: str, args, work: Path, demo_work: str | None) -> dict:
             row = {}
             order = ["recommend", "live"] if j % 2 == 0 else ["live", "recommend"]
             for kind in order:
+                if kind == "recommend":
+                    child.ask(cmd="record", on=True)
                 r = run(open_loop(host, port, recs if kind == "recommend" else lives, rate, args.duration, offset,
                                   kind == "recommend"))
                 row[kind] = _summary(r)
+                if kind == "recommend":
+                    row[kind]["server_recommend_ms"] = pct(child.ask(cmd="record", on=False)["ms"])
             rr, ll = row["recommend"], row["live"]
             row["ratio_p50"] = rr["latency_ms"]["p50"] / ll["latency_ms"]["p50"]
             row["ratio_p99"] = rr["latency_ms"]["p99"] / ll["latency_ms"]["p99"]
             open_out[f"{rate:g}"] = row
             a, b = rr["latency_ms"], ll["latency_ms"]
-            print(f"  open loop {rate}/s: recommend p50 {a['p50']:.2f} / p99 {a['p99']:.2f} ms at {rr['rps']:.0f}/s; "
+            sv = rr["server_recommend_ms"]
+            print(f"  open loop {rate}/s: recommend p50 {a['p50']:.2f} / p99 {a['p99']:.2f} ms at {rr['rps']:.0f}/s "
+                  f"(in the server's pipeline p50 {sv['p50']:.2f} / p99 {sv['p99']:.2f}); "
                   f"live p50 {b['p50']:.2f} / p99 {b['p99']:.2f} ms", flush=True)
         loop.close()
         rss = child.ask(cmd="rss")
@@ -1020,6 +1016,12 @@ def tables(r: dict) -> str:
         lines.append(f"| HTTP open loop, {rate}/s offered | {a['p50']:.2f} / {a['p99']:.2f} | {rr['rps']:.0f} | "
                      f"{b['p50']:.2f} / {b['p99']:.2f} | {ll['rps']:.0f} | "
                      f"{row['ratio_p50']:.1f}x / {row['ratio_p99']:.1f}x / |")
+    piped = [(rate, row["recommend"]["server_recommend_ms"]) for rate, row in r["open_loop"].items()
+             if "server_recommend_ms" in row["recommend"]]
+    if piped:
+        lines.append("\nOpen loop, the pipeline's own time in the server (`Recommender.recommend`, p50 / p99 ms; "
+                     "in process back to back above): "
+                     + ", ".join(f"{rate}/s {v['p50']:.2f} / {v['p99']:.2f}" for rate, v in piped) + ".")
     one = r["closed_loop"].get("1")
     if one:
         http = one["recommend"]["latency_ms"]["p50"] - f["p50"]
