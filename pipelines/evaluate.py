@@ -24,7 +24,9 @@ such slots), `two_tower` (the retrieval index alone), and the baselines of pipel
 purchases), `item_knn` (co-purchase) and `ease`.
 
 Besides the two variants: cohorts (cold items = items first sold in the test
-window, with their recall; light and heavy users), coverage curves, category
+window, with their recall; light and heavy users; cold users = customers
+first seen in the test window, asked after their first basket with their own
+lists, pipelines/cold_users.py), coverage curves, category
 spread, the candidate set's recall (can the ranker even see the purchase?)
 and the ranking's NDCG given the candidates, score samples and the training
 curves; `metrics.json` and `report.html` (pipelines/report.py) in
@@ -49,6 +51,7 @@ from pipelines.manifest import read_json, write_json, write_manifest
 from pipelines import baselines
 from pipelines.build_ranking_dataset import ranking_rows
 from pipelines.candidates import candidate_recall
+from pipelines.cold_users import cold_user_lists, cold_user_targets
 from pipelines.metrics import category_spread_at_k, cohort_recall, coverage_curve, evaluate_lists
 from pipelines.new_items import insert_slots, new_item_lists
 from pipelines.report import write_report
@@ -383,6 +386,12 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
         if "ease" not in lists:
             log(f"[{STAGE}] EASE baseline left out: the customers' items exceed ranking.ease_max_items "
                 f"({config.ranking.ease_max_items:,})")
+    cold_users, baskets, cold_relevant = cold_user_targets(train_p, test_p)
+    categories = items.set_index(n.ITEM_ID)[n.CATEGORY].astype(str).to_dict()
+    with step(STAGE, f"cold users: {len(cold_users):,} first-time buyers after their first basket", log):
+        cold_lists = cold_user_lists(cold_users, baskets, popular, max_k,
+                                     baselines.Interactions.from_purchases(train_p, cutoff), embed_query, searcher,
+                                     np.asarray(known, dtype=object), params, categories)
     candidates = pd.DataFrame()
     own_lists: dict = {}
     if config.ranking.enabled:
@@ -417,8 +426,9 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
         cohorts = {"light_users": [u for u in users if lines.get(u, 0) <= median_lines],
                    "heavy_users": [u for u in users if lines.get(u, 0) > median_lines]}
         cold_items = set(test_p[n.ITEM_ID].astype(str)) - set(train_p[n.ITEM_ID].astype(str))
-        categories = items.set_index(n.ITEM_ID)[n.CATEGORY].astype(str).to_dict()
         metrics.update(extra_metrics(lists, relevant, cohorts, cold_items, categories, ev.k, catalog))
+        metrics["cohorts"]["cold_users"] = {m: evaluate_lists(ls, cold_relevant, ev.k, catalog)
+                                            for m, ls in cold_lists.items()}
         if "model_new_item_slots" in lists:
             metrics["new_item_pool"] = new_item_pool(new, config.ranking.new_item_slots, relevant, cold_items)
         if not candidates.empty:
@@ -437,6 +447,11 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
     metrics["test_purchases"] = int(len(test_p))
     metrics["catalog_items"] = len(catalog)
     metrics["cold_items"] = {"items": len(cold_items), "test_lines": int(test_p[n.ITEM_ID].astype(str).isin(cold_items).sum())}
+    metrics["cold_users"] = {"users": len(cold_users),
+                             "basket_items_mean": round(float(np.mean([len(b) for b in baskets.values()])), 2)
+                             if baskets else 0.0,
+                             "relevant_items_mean": round(float(np.mean([len(r) for r in cold_relevant.values()])), 2)
+                             if cold_relevant else 0.0}
     metrics["split"] = {"train_end": str(ev.split_date), "cutoff": cutoff.isoformat(),
                         "test_end": str(ev.test_end) if ev.test_end else None}
     metrics["index"] = params

@@ -102,5 +102,8 @@ def test_evaluation_reports_model_beside_every_baseline(trained_shop):
             assert 0.0 <= row["ndcg@10"] <= 1.0 and "map@10" in row
     assert 0.0 < m["candidates"]["recall"] <= 1.0
     assert "cold_items" in m["cohorts"] and m["training"]["ranking"]
+    # first-time buyers of the test window, asked after their first basket (pipelines/cold_users.py)
+    assert set(m["cohorts"]["cold_users"]) == {"popularity", "item_knn", "two_tower"}
+    assert m["cold_users"]["users"] == m["cohorts"]["cold_users"]["popularity"]["users"]  # none in this shop
     html = (cfg.work_dir / "evaluation" / "report.html").read_text()
     assert "<img" in html and "item_knn" in html
