@@ -22,6 +22,14 @@ it with other sources, e.g. '{"k": 200, "sources": [...]}'.)
    learned ranker, once with the retrieval-score ranker, each for all items
    and new to user (`exclude_purchased`, relevance without the training items).
 3. NDCG@10, HitRate@10, Recall@10 (pipelines/metrics.py), binary gain.
+4. The cold users of the evaluation's cohort (`pipelines/cold_users.py`:
+   customers first seen in the test window, their first basket, the items of
+   their later purchases without the basket's) ask with their id (unknown to
+   the bundle) and the basket as the session's cart (its first
+   `serving.request.MAX_SESSION_ITEMS` items, the session category the
+   basket's most common one): the served session route (two-tower from the
+   session, bought-together, content, popular-in-category, popularity). Beside
+   it the same shoppers without a session (the popularity fallback).
 """
 from __future__ import annotations
 
@@ -45,7 +53,9 @@ from cartwise.demo import TRAINING  # noqa: E402
 from pipelines import build_features, export  # noqa: E402
 from pipelines.build_dataset import train_cutoff  # noqa: E402
 from pipelines.metrics import hit_at_k, ndcg_at_k, recall_at_k  # noqa: E402
+from pipelines.cold_users import cold_user_targets, session_category  # noqa: E402
 from serving.pipeline import Recommender, RetrievalScoreRanker  # noqa: E402
+from serving.request import MAX_SESSION_ITEMS, SessionContext  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 10
@@ -105,6 +115,26 @@ def measure(rec: Recommender, users: list[str], relevant: dict, bought: dict) ->
     return out
 
 
+def measure_cold(rec: Recommender, users: list[str], baskets: dict, relevant: dict, categories: dict) -> dict:
+    """The cold users' served lists (step 4 of the module docstring): with the basket as the session and without."""
+    out = {}
+    for route in ("session", "no_session"):
+        nd, hit, rec_ = [], [], []
+        for u in users:
+            session = None
+            if route == "session":
+                session = SessionContext(cart=baskets[u][:MAX_SESSION_ITEMS],
+                                         category=session_category(baskets[u], categories))
+            got = [i.item_id for i in rec.recommend(u, K, session=session).items]
+            nd.append(ndcg_at_k(got, relevant[u], K))
+            hit.append(hit_at_k(got, relevant[u], K))
+            rec_.append(recall_at_k(got, relevant[u], K))
+        out[route] = {"users": len(nd), f"ndcg@{K}": float(np.mean(nd)) if nd else 0.0,
+                      f"hit_rate@{K}": float(np.mean(hit)) if hit else 0.0,
+                      f"recall@{K}": float(np.mean(rec_)) if rec_ else 0.0}
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "cartwise.yaml"))
@@ -139,6 +169,10 @@ def main(argv=None) -> None:
                   "served_learned_ranker": measure(rec, users, relevant, bought)}
         plain = Recommender(rec.bundle, rec.features, config=rec.config, ranker=RetrievalScoreRanker())
         result["served_retrieval_order"] = measure(plain, users, relevant, bought)
+        cold, baskets, cold_relevant = cold_user_targets(train, test)
+        items = pd.read_parquet(load_config(args.config).work_dir / "ingest" / "items.parquet")
+        categories = items.set_index(n.ITEM_ID)[n.CATEGORY].astype(str).to_dict()
+        result["cold_users"] = measure_cold(rec, cold, baskets, cold_relevant, categories)
         result["elapsed_s"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(result, indent=1))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
