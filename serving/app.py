@@ -95,10 +95,10 @@ def recommendation_json(rec: Recommender, answer) -> bytes:
     """The body of a 200 from `POST /v1/recommend`: `answer` (what `rec.recommend` returned) as a
     :class:`RecommendResponse`, serialized once by pydantic.
 
-    The route returns these bytes itself: returned as a model, FastAPI's `response_model` path dumped the
-    model to dicts, validated them again and JSON-encoded them (0.11 ms a request at 1M items in
-    benchmarks/bench_serving.py's stage table, against ~0.03 here). The route keeps `response_model` for
-    the OpenAPI schema.
+    The route returns these bytes itself: returned as a model, FastAPI's `response_model` path serialized it
+    again through the route's response field (benchmarks/bench_serving.py's response stage, building the
+    model included, at 1M items 0.110 ms before, 0.079 after; README "A fifth round"). The route keeps
+    `response_model` for the OpenAPI schema.
     """
     return RecommendResponse(
         user_id=answer.user_id, bundle_version=answer.bundle_version, flags=list(answer.flags),
