@@ -455,7 +455,7 @@ def top_n(scores: np.ndarray, n: int, exclude: sp.spmatrix | np.ndarray | None =
 
 def recommend(scorer: Scorer, interactions: Interactions, users: Sequence[str], length: int, *,
               popular: Sequence[str] = (), exclude_seen: bool = False, weighted: bool | None = None,
-              batch_size: int = 512) -> dict[str, list[str]]:
+              batch_size: int = 512, profiles: sp.spmatrix | None = None) -> dict[str, list[str]]:
     """Ranked item ids per user from any scorer, filled with `popular`.
 
     Items with a positive score come first, by score (ties by id order);
@@ -472,19 +472,28 @@ def recommend(scorer: Scorer, interactions: Interactions, users: Sequence[str], 
         weighted: give the scorer the recency-weighted rows; None follows
             the scorer's `profile` (binary when it has none).
         batch_size: users scored at once (memory: batch x n_items float32).
+        profiles: [len(users), n_items] rows to score instead of the users' training rows (e.g. a
+            shopper's first basket); they are also what `exclude_seen` leaves out.
 
     Returns:
         user -> up to `length` item ids.
     """
     users = [str(u) for u in users]
+    if profiles is not None:
+        profiles = sp.csr_matrix(profiles, dtype=np.float32)
+        if profiles.shape != (len(users), len(interactions.item_ids_)):
+            raise ValueError(f"profiles are {profiles.shape}, expected {(len(users), len(interactions.item_ids_))}")
     if weighted is None:
         weighted = getattr(scorer, "profile", "binary") == "weighted"
     ids = interactions.item_ids_
     out: dict[str, list[str]] = {}
     for start in range(0, len(users), batch_size):
         batch = users[start:start + batch_size]
-        X = interactions.rows(batch, weighted=weighted)
-        seen = interactions.rows(batch)
+        if profiles is None:
+            X = interactions.rows(batch, weighted=weighted)
+            seen = interactions.rows(batch)
+        else:
+            X = seen = profiles[start:start + batch_size]
         scores = scorer.score(X)
         top = top_n(scores, length, exclude=seen if exclude_seen else None)
         for r, u in enumerate(batch):

@@ -93,8 +93,9 @@ def _session_embeddings(embed_query: Callable, session_categories: Sequence[str]
 
 
 def cold_user_lists(users: Sequence[str], baskets: Mapping[str, Sequence[str]], popular: Sequence[str], length: int,
-                    interactions: baselines.Interactions, embed_query: Callable, searcher, item_ids: np.ndarray,
-                    index: Mapping | None, categories: Mapping[str, str]) -> dict[str, dict[str, list[str]]]:
+                    interactions: baselines.Interactions, knn: baselines.ItemKNN, embed_query: Callable, searcher,
+                    item_ids: np.ndarray, index: Mapping | None,
+                    categories: Mapping[str, str]) -> dict[str, dict[str, list[str]]]:
     """Each method's list for each cold user (module docstring), `length` items, none of the basket's.
 
     Args:
@@ -102,6 +103,7 @@ def cold_user_lists(users: Sequence[str], baskets: Mapping[str, Sequence[str]], 
         popular: item ids, most popular first (the evaluation's popularity).
         length: list length.
         interactions: the customers' purchases before the cut-off (the item-kNN baseline's matrix).
+        knn: the item-kNN baseline fitted on it (`evaluate.baseline_lists`' scorer).
         embed_query: the query tower.
         searcher: the ScaNN index over `item_ids`.
         index: the index parameters (`build_searcher`'s, calibrated).
@@ -118,22 +120,14 @@ def cold_user_lists(users: Sequence[str], baskets: Mapping[str, Sequence[str]], 
     widest = max(len(s) for s in sets.values())
     for u in users:
         out["popularity"][u] = _without(popular, sets[u], length)
-    # item-kNN over the basket as the profile (the baseline's settings, fitted on the customers' purchases)
+    # item-kNN over the basket as the profile (the baseline's scorer), then popularity; the basket left out
     index_of = interactions.item_index_
-    rows, cols = [], []
-    for r, u in enumerate(users):
-        for i in baskets[u]:
-            if i in index_of:
-                rows.append(r)
-                cols.append(index_of[i])
+    pairs = [(r, index_of[i]) for r, u in enumerate(users) for i in baskets[u] if i in index_of]
+    rows, cols = (list(x) for x in zip(*pairs)) if pairs else ([], [])
     X = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
                       shape=(len(users), len(interactions.item_ids_)))
-    knn = baselines.ItemKNN().fit(interactions.matrix_)
-    scores = knn.score(X)
-    top = baselines.top_n(scores, min(length, X.shape[1]), exclude=X)
-    for r, u in enumerate(users):
-        found = [interactions.item_ids_[c] for c in top[r] if scores[r, c] > 0]
-        out["item_knn"][u] = _without([*found, *[i for i in popular if i not in set(found)]], sets[u], length)
+    knn_lists = baselines.recommend(knn, interactions, users, length, popular=popular, exclude_seen=True, profiles=X)
+    out["item_knn"] = {u: _without(knn_lists[u], sets[u], length) for u in users}
     # the query tower as serving embeds a shopper it does not know (serving/pipeline.py `_embed_session`), when
     # it reads the session at all (serving's `_tower_reads_sessions`: else serving has no two-tower list for them)
     names = [UNKNOWN, *sorted({str(c) for c in categories.values()} - {UNKNOWN})]

@@ -149,14 +149,16 @@ def score_lists(lists_by_method: Mapping[str, Mapping[str, list[str]]], relevant
 
 
 def baseline_lists(train: pd.DataFrame, users: Sequence[str], as_of: pd.Timestamp, popular: Sequence[str],
-                   length: int, ease_max_items: int | None = None) -> dict[str, dict[str, list[str]]]:
+                   length: int, ease_max_items: int | None = None,
+                   fitted: tuple[baselines.Interactions, baselines.ItemKNN] | None = None
+                   ) -> dict[str, dict[str, list[str]]]:
     """Lists of every baseline (popularity, repeat, item-kNN, EASE), fitted on `train` before `as_of`.
 
     EASE only up to `ease_max_items` items (`ranking.ease_max_items`: its dense inverse; None: no limit), else it
-    is left out.
+    is left out. `fitted`: the interactions of `train` at `as_of` and the item-kNN fitted on them, when the
+    caller has them (:func:`fit_item_knn`); else made here.
     """
-    inter = baselines.Interactions.from_purchases(train, as_of)
-    knn = baselines.ItemKNN().fit(inter.matrix_)
+    inter, knn = fitted or fit_item_knn(train, as_of)
     out = {
         "popularity": {u: list(popular[:length]) for u in users},
         "repeat": baselines.repeat(train, users, as_of, length, popular=popular),
@@ -196,6 +198,12 @@ def new_item_pool(pool: Sequence[str], slots: int, relevant: Mapping[str, set[st
             users += 1
     return {"items": len(members), "slots": slots, "cold_items_in_pool": len(cold_items & members),
             "chance_cold_recall": round(total / users, 4) if users else 0.0}
+
+
+def fit_item_knn(train: pd.DataFrame, as_of: pd.Timestamp) -> tuple[baselines.Interactions, baselines.ItemKNN]:
+    """The customers' interactions before `as_of` and the item-kNN baseline fitted on them."""
+    inter = baselines.Interactions.from_purchases(train, as_of)
+    return inter, baselines.ItemKNN().fit(inter.matrix_)
 
 
 def extra_metrics(lists: Mapping[str, Mapping[str, list[str]]], relevant: Mapping[str, set[str]],
@@ -382,15 +390,15 @@ def run(config: CartwiseConfig, *, log: Log = default_log) -> dict:
                                          np.asarray(known, dtype=object),
                                          user_features_as_of(store, users, cutoff), length, params)
     with step(STAGE, "baselines: popularity, repeat, item-kNN, EASE", log):
-        lists.update(baseline_lists(train_p, users, cutoff, popular, length, config.ranking.ease_max_items))
+        fitted = fit_item_knn(train_p, cutoff)
+        lists.update(baseline_lists(train_p, users, cutoff, popular, length, config.ranking.ease_max_items, fitted))
         if "ease" not in lists:
             log(f"[{STAGE}] EASE baseline left out: the customers' items exceed ranking.ease_max_items "
                 f"({config.ranking.ease_max_items:,})")
     cold_users, baskets, cold_relevant = cold_user_targets(train_p, test_p)
     categories = items.set_index(n.ITEM_ID)[n.CATEGORY].astype(str).to_dict()
     with step(STAGE, f"cold users: {len(cold_users):,} first-time buyers after their first basket", log):
-        cold_lists = cold_user_lists(cold_users, baskets, popular, max_k,
-                                     baselines.Interactions.from_purchases(train_p, cutoff), embed_query, searcher,
+        cold_lists = cold_user_lists(cold_users, baskets, popular, max_k, *fitted, embed_query, searcher,
                                      np.asarray(known, dtype=object), params, categories)
     candidates = pd.DataFrame()
     own_lists: dict = {}

@@ -200,6 +200,29 @@ def test_recommend_batches_give_the_same_lists():
         assert a == b
 
 
+def test_recommend_scores_given_profiles_instead_of_the_users_rows():
+    rng = np.random.default_rng(3)
+    log = _purchases([(f"u{rng.integers(20)}", f"i{rng.integers(25):02d}", int(rng.integers(0, 200)))
+                      for _ in range(200)])
+    inter = Interactions.from_purchases(log, AS_OF)
+    pop = popularity(log, AS_OF, 90)
+    knn = ItemKNN(neighbors=5).fit(inter.matrix_)
+    users = list(inter.user_ids_)[:6]
+    for exclude_seen in (False, True):
+        # the users' own weighted rows as profiles: the lists recommend makes from their training rows
+        own = recommend(knn, inter, users, 8, popular=pop, exclude_seen=exclude_seen,
+                        profiles=inter.rows(users, weighted=True), batch_size=4)
+        assert own == recommend(knn, inter, users, 8, popular=pop, exclude_seen=exclude_seen)
+    # a profile of strangers (ids unknown to `inter`): their baskets scored, and left out with exclude_seen
+    basket = sp.csr_matrix(inter.rows(users[:2], weighted=True))
+    got = recommend(knn, inter, ["new1", "new2"], 8, popular=pop, exclude_seen=True, profiles=basket)
+    for r, u in enumerate(["new1", "new2"]):
+        assert not set(got[u]) & set(inter.item_ids_[basket[r].indices])
+        assert got[u] != pop[:8] or not basket[r].nnz
+    with pytest.raises(ValueError, match="profiles are"):
+        recommend(knn, inter, ["new1"], 8, profiles=basket)
+
+
 @settings(max_examples=40, deadline=None)
 @given(rows=st.lists(st.tuples(st.sampled_from(["u1", "u2", "u3", None]), st.sampled_from("abcdefgh"),
                                st.integers(0, 100)), min_size=1, max_size=40),

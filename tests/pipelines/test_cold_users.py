@@ -7,7 +7,7 @@ import pytest
 
 from cartwise.config import IndexConfig
 from feature_repo import names as n
-from pipelines.baselines import Interactions
+from pipelines.baselines import Interactions, ItemKNN
 from pipelines.build_index import build_searcher
 from pipelines.cold_users import UNKNOWN, cold_user_lists, cold_user_targets, session_category
 from pipelines.train_retrieval import QUERY_FLOATS
@@ -60,7 +60,8 @@ def test_every_list_leaves_the_basket_out_and_knn_follows_co_purchases():
     users = ["B", "E"]
     baskets = {"B": ["x"], "E": ["v", "y"]}
     cats = {"x": "bags", "v": "mugs", "y": "mugs", "w": "bags"}
-    lists = cold_user_lists(users, baskets, popular, 3, inter, embed_query, searcher, items, params, cats)
+    lists = cold_user_lists(users, baskets, popular, 3, inter, ItemKNN().fit(inter.matrix_), embed_query, searcher,
+                            items, params, cats)
     assert set(lists) == {"popularity", "item_knn", "two_tower"}
     for method, by_user in lists.items():
         for u in users:
@@ -77,7 +78,7 @@ def test_every_list_leaves_the_basket_out_and_knn_follows_co_purchases():
 
 def test_no_cold_users_gives_empty_lists():
     inter = Interactions.from_purchases(_lines([("a", "x", -1)]), CUT)
-    lists = cold_user_lists([], {}, ["x"], 10, inter, None, None, np.array(["x"], dtype=object), None, {})
+    lists = cold_user_lists([], {}, ["x"], 10, inter, None, None, None, np.array(["x"], dtype=object), None, {})
     assert lists == {"popularity": {}, "item_knn": {}, "two_tower": {}}
 
 
@@ -95,7 +96,8 @@ def test_a_tower_that_embeds_every_session_alike_gives_no_two_tower_list(trained
     cats = items.set_index(n.ITEM_ID)[n.CATEGORY].astype(str).to_dict()
     baskets = {"new0": [known[0]], "new1": [known[1]]}
     purchases = events[events[n.EVENT_TYPE] == n.PURCHASE]
-    lists = cold_user_lists(["new0", "new1"], baskets, known, 10, Interactions.from_purchases(purchases, cutoff),
+    inter = Interactions.from_purchases(purchases, cutoff)
+    lists = cold_user_lists(["new0", "new1"], baskets, known, 10, inter, ItemKNN().fit(inter.matrix_),
                             load_tower(Layout(cfg.work_dir).model / QUERY_TOWER), None,
                             np.asarray(known, dtype=object), None, cats)
     assert set(lists) == {"popularity", "item_knn"}
